@@ -154,9 +154,7 @@ FIELDS: tuple[Field, ...] = (
     Field("SMTP_HOST", "smtp_host", "str", None, "outgoing mail server", group="smtp"),
     Field("SMTP_PORT", "smtp_port", "int", "587", "its port", group="smtp"),
     Field("SMTP_USERNAME", "smtp_username", "str", None, "login, if any", group="smtp"),
-    Field(
-        "SMTP_PASSWORD", "smtp_password", "str", None, "password", group="smtp", secret=True
-    ),
+    Field("SMTP_PASSWORD", "smtp_password", "str", None, "password", group="smtp", secret=True),
     Field(
         "SMTP_SECURITY",
         "smtp_security",
@@ -171,9 +169,7 @@ FIELDS: tuple[Field, ...] = (
     Field("IMAP_HOST", "imap_host", "str", None, "mailbox server to ingest", group="imap"),
     Field("IMAP_PORT", "imap_port", "int", "993", "its port", group="imap"),
     Field("IMAP_USERNAME", "imap_username", "str", None, "login", group="imap"),
-    Field(
-        "IMAP_PASSWORD", "imap_password", "str", None, "password", group="imap", secret=True
-    ),
+    Field("IMAP_PASSWORD", "imap_password", "str", None, "password", group="imap", secret=True),
     Field(
         "IMAP_SECURITY",
         "imap_security",

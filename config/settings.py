@@ -185,7 +185,9 @@ def _validate(values: dict[str, Any], given: set[str]) -> None:
         try:
             parsed = phonenumbers.parse(number, None)
         except phonenumbers.NumberParseException:
-            raise SettingsError("TWILIO_NUMBERS", "each number must be E.164 (+14155550100)")
+            raise SettingsError(
+                "TWILIO_NUMBERS", "each number must be E.164 (+14155550100)"
+            ) from None
         if not phonenumbers.is_possible_number(parsed):
             raise SettingsError("TWILIO_NUMBERS", "each number must be E.164 (+14155550100)")
     for group, keys in CHANNEL_GROUPS.items():
@@ -209,9 +211,7 @@ def _validate(values: dict[str, Any], given: set[str]) -> None:
                 )
 
 
-def load(
-    environ: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read the settings from ``HUB_CONFIG`` and the environment (which wins).
 
     ``overrides`` (by attribute name) win over both; the command line uses them.

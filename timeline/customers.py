@@ -1,0 +1,322 @@
+"""Customers and their identities: create, read, change, look up, resolve senders.
+
+``resolve`` is the identity step of ingestion: an unknown sender gets a new customer.
+Two first contacts from one new number may race (two processes on PostgreSQL); the
+unique constraint on ``(kind, value)`` settles it: the loser's insert does nothing, it
+reads the winner's customer and drops the one it had made, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.errors import Conflict, InvalidIdentity, NotFound
+from timeline.events import Identity, IdentityKind, utcnow
+from timeline.ids import new_id
+from timeline.records import Customer
+from timeline.schema import consents, customers, events, identities
+from timeline.search import matching_customer_ids
+from timeline.sql import chunks, insert_ignoring
+
+
+def check_timezone(value: str | None, *, field: str = "timezone") -> str | None:
+    """An IANA time zone name, or InvalidIdentity naming the field."""
+    if value is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidIdentity(field, f"unknown time zone {value!r}") from None
+    return value
+
+
+async def create(
+    conn: AsyncConnection,
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    ids: Sequence[Identity] = (),
+) -> str:
+    """Create a customer with normalized identities; Conflict if one is already taken."""
+    now = utcnow()
+    customer_id = new_id()
+    await conn.execute(
+        customers.insert().values(
+            id=customer_id,
+            name=name,
+            timezone=check_timezone(timezone),
+            attributes=dict(attributes or {}),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await _add_identities(conn, customer_id, ids)
+    return customer_id
+
+
+async def _add_identities(conn: AsyncConnection, customer_id: str, ids: Iterable[Identity]) -> None:
+    now = utcnow()
+    for identity in dict.fromkeys(ids):
+        owner = await find(conn, identity)
+        if owner == customer_id:
+            continue
+        if owner is not None:
+            raise Conflict(f"{identity.kind} identity already belongs to customer {owner}")
+        await conn.execute(
+            identities.insert().values(
+                id=new_id(),
+                customer_id=customer_id,
+                kind=identity.kind.value,
+                value=identity.value,
+                created_at=now,
+            )
+        )
+
+
+async def find(conn: AsyncConnection, identity: Identity) -> str | None:
+    """The id of the customer with this (normalized) identity, if any."""
+    result = await conn.execute(
+        sa.select(identities.c.customer_id).where(
+            identities.c.kind == identity.kind.value, identities.c.value == identity.value
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identity, str]:
+    """Customer ids for normalized identities, creating a customer for each unknown one."""
+    wanted = list(dict.fromkeys(ids))
+    found: dict[Identity, str] = {}
+    if not wanted:
+        return found
+    await _lookup(conn, wanted, found)
+    missing = [i for i in wanted if i not in found]
+    if not missing:
+        return found
+    now = utcnow()
+    made = {identity: new_id() for identity in missing}
+    await conn.execute(
+        customers.insert(),
+        [
+            {
+                "id": cid,
+                "name": None,
+                "timezone": None,
+                "attributes": {},
+                "created_at": now,
+                "updated_at": now,
+                "merged_into": None,
+                "erased_at": None,
+            }
+            for cid in made.values()
+        ],
+    )
+    await conn.execute(
+        insert_ignoring(conn, identities, ["kind", "value"]),
+        [
+            {
+                "id": new_id(),
+                "customer_id": cid,
+                "kind": identity.kind.value,
+                "value": identity.value,
+                "created_at": now,
+            }
+            for identity, cid in made.items()
+        ],
+    )
+    await _lookup(conn, missing, found)
+    orphans = [cid for identity, cid in made.items() if found.get(identity) != cid]
+    if orphans:
+        await conn.execute(customers.delete().where(customers.c.id.in_(orphans)))
+    return found
+
+
+async def _lookup(
+    conn: AsyncConnection, wanted: Sequence[Identity], found: dict[Identity, str]
+) -> None:
+    by_kind: dict[IdentityKind, list[str]] = {}
+    for identity in wanted:
+        by_kind.setdefault(identity.kind, []).append(identity.value)
+    for kind, values in by_kind.items():
+        for part in chunks(values):
+            rows = await conn.execute(
+                sa.select(identities.c.value, identities.c.customer_id).where(
+                    identities.c.kind == kind.value, identities.c.value.in_(part)
+                )
+            )
+            for value, customer_id in rows:
+                found[Identity(kind, value)] = customer_id
+
+
+async def get(conn: AsyncConnection, customer_id: str) -> Customer:
+    """A customer with identities, consent and event counts; NotFound if unknown."""
+    row = (
+        (await conn.execute(sa.select(customers).where(customers.c.id == customer_id)))
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        raise NotFound("customer", customer_id)
+    phones: list[str] = []
+    emails: list[str] = []
+    handles: list[dict[str, str]] = []
+    rows = await conn.execute(
+        sa.select(identities.c.kind, identities.c.value)
+        .where(identities.c.customer_id == customer_id)
+        .order_by(identities.c.created_at, identities.c.id)
+    )
+    for kind, value in rows:
+        if kind == IdentityKind.PHONE:
+            phones.append(value)
+        elif kind == IdentityKind.EMAIL:
+            emails.append(value)
+        else:
+            network, _, ident = value.partition(":")
+            handles.append({"network": network, "id": ident})
+    consent_rows = await conn.execute(
+        sa.select(consents).where(consents.c.customer_id == customer_id)
+    )
+    consent = [
+        {
+            "channel": c["channel"],
+            "purpose": c["purpose"],
+            "state": c["state"],
+            "updated_at": c["updated_at"].isoformat().replace("+00:00", "Z"),
+        }
+        for c in consent_rows.mappings()
+    ]
+    count_rows = await conn.execute(
+        sa.select(events.c.channel, sa.func.count())
+        .where(events.c.customer_id == customer_id)
+        .group_by(events.c.channel)
+    )
+    counts = {channel: int(n) for channel, n in count_rows}
+    counts["total"] = sum(counts.values())
+    return Customer(
+        id=row["id"],
+        name=row["name"],
+        timezone=row["timezone"],
+        attributes=row["attributes"] or {},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        merged_into=row["merged_into"],
+        erased_at=row["erased_at"],
+        phones=phones,
+        emails=emails,
+        handles=handles,
+        consent=consent,
+        counts=counts,
+    )
+
+
+async def require_active(conn: AsyncConnection, customer_id: str) -> None:
+    """NotFound unless the customer exists and is neither erased nor merged away."""
+    row = (
+        await conn.execute(
+            sa.select(customers.c.merged_into, customers.c.erased_at).where(
+                customers.c.id == customer_id
+            )
+        )
+    ).one_or_none()
+    if row is None or row.erased_at is not None:
+        raise NotFound("customer", customer_id)
+    if row.merged_into is not None:
+        raise Conflict(f"customer {customer_id} was merged into {row.merged_into}")
+
+
+_UNSET: Any = object()
+
+
+async def update(
+    conn: AsyncConnection,
+    customer_id: str,
+    *,
+    name: str | None = _UNSET,
+    timezone: str | None = _UNSET,
+    attributes: Mapping[str, Any] | None = None,
+    add: Sequence[Identity] = (),
+    remove: Sequence[Identity] = (),
+) -> None:
+    """Change fields; ``attributes`` is a JSON merge patch (RFC 7396: null deletes a key)."""
+    await require_active(conn, customer_id)
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if name is not _UNSET:
+        values["name"] = name
+    if timezone is not _UNSET:
+        values["timezone"] = check_timezone(timezone)
+    if attributes:
+        current = (
+            await conn.execute(
+                sa.select(customers.c.attributes).where(customers.c.id == customer_id)
+            )
+        ).scalar_one()
+        merged = dict(current or {})
+        for key, value in attributes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        values["attributes"] = merged
+    await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
+    for identity in remove:
+        result = await conn.execute(
+            identities.delete().where(
+                identities.c.customer_id == customer_id,
+                identities.c.kind == identity.kind.value,
+                identities.c.value == identity.value,
+            )
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"{identity.kind} identity", identity.value)
+    await _add_identities(conn, customer_id, add)
+
+
+async def search(conn: AsyncConnection, q: str, *, limit: int, offset: int) -> list[str]:
+    """Ids of active customers whose name, identity or message text matches ``q``.
+
+    Names and identities match by substring (case-insensitive); messages by full-text
+    search (``timeline.search``). Ordered by name, then id.
+    """
+    pattern = f"%{_escape_like(q.strip().lower())}%"
+    by_name = sa.select(customers.c.id).where(
+        sa.func.lower(customers.c.name).like(pattern, escape="\\")
+    )
+    by_identity = sa.select(identities.c.customer_id).where(
+        identities.c.value.like(pattern, escape="\\")
+    )
+    by_text = matching_customer_ids(conn.dialect.name, q)
+    ids = sa.union(by_name, by_identity, by_text).subquery()
+    query = (
+        sa.select(customers.c.id)
+        .where(
+            customers.c.id.in_(sa.select(ids.c.id)),
+            customers.c.erased_at.is_(None),
+            customers.c.merged_into.is_(None),
+        )
+        .order_by(customers.c.name, customers.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def recent(conn: AsyncConnection, *, limit: int, offset: int) -> list[str]:
+    """Ids of active customers, most recently changed first (the list without a query)."""
+    query = (
+        sa.select(customers.c.id)
+        .where(customers.c.erased_at.is_(None), customers.c.merged_into.is_(None))
+        .order_by(customers.c.updated_at.desc(), customers.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

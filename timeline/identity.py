@@ -1,0 +1,72 @@
+"""Normalizing identities: phones to E.164, emails, social handles.
+
+Phones go through ``phonenumbers`` (libphonenumber) with the configured default region,
+so ``(415) 555-0100``, ``415.555.0100``, ``+1 415 555 0100`` and ``tel:+14155550100``
+(RFC 3966) are one identity. Emails keep their local part as given (RFC 5321 2.4 leaves
+it case-sensitive) and case-fold the domain.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+from timeline.errors import InvalidIdentity
+from timeline.events import Identity, IdentityKind
+
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,}$")
+_HANDLE_NETWORKS = frozenset({"telegram", "whatsapp", "messenger", "instagram"})
+_HANDLE_ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+
+
+def normalize_phone(raw: str, region: str, *, field: str = "phone") -> str:
+    """E.164 form of a phone number written any common way; InvalidIdentity if not valid."""
+    text = raw.strip()
+    if text.lower().startswith("tel:"):
+        text = text[4:].split(";", 1)[0]
+    if not text:
+        raise InvalidIdentity(field, "empty phone number")
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidIdentity(field, f"not a phone number ({exc._msg})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentity(field, "not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_email(raw: str, *, field: str = "email") -> str:
+    """``local@domain`` with the domain lower-cased; InvalidIdentity if not an address."""
+    text = raw.strip()
+    if text.lower().startswith("mailto:"):
+        text = text[7:]
+    if not _EMAIL.match(text) or len(text) > 254:
+        raise InvalidIdentity(field, "not an email address")
+    local, _, domain = text.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def normalize_handle(network: str, ident: str, *, field: str = "handle") -> str:
+    """``network:id`` for a social network account."""
+    net = network.strip().lower()
+    if net not in _HANDLE_NETWORKS:
+        raise InvalidIdentity(field, f"unknown network {network!r}")
+    ident = ident.strip()
+    if not _HANDLE_ID.match(ident):
+        raise InvalidIdentity(field, "not a valid account id")
+    return f"{net}:{ident}"
+
+
+def normalize(identity: Identity, region: str, *, field: str | None = None) -> Identity:
+    """The normalized form of any identity."""
+    if identity.kind is IdentityKind.PHONE:
+        value = normalize_phone(identity.value, region, field=field or "phone")
+    elif identity.kind is IdentityKind.EMAIL:
+        value = normalize_email(identity.value, field=field or "email")
+    else:
+        network, sep, ident = identity.value.partition(":")
+        if not sep:
+            raise InvalidIdentity(field or "handle", "expected network:id")
+        value = normalize_handle(network, ident, field=field or "handle")
+    return Identity(identity.kind, value)

@@ -1,0 +1,310 @@
+"""The ingest pipeline: resolve identity -> store (idempotent) -> publish.
+
+``ingest_batch`` does the first two inside a caller's transaction for any number of
+events with a fixed number of statements (Core bulk inserts), so a webhook, a mailbox
+sync and the group-commit writer all share one path:
+
+1. each event's customer: its ``customer_id``, else its counterpart identity,
+   normalized and resolved (an unknown sender becomes a new customer);
+2. events whose ``(channel, external_id)`` we already hold, or that repeat earlier in
+   the batch, are not stored again: their status moves forward only (``timeline.status``);
+3. the rest are inserted with ``ON CONFLICT DO NOTHING``, attachments become documents.
+
+Every input gets an :class:`Outcome`, in order. ``ingest`` wraps a batch in a write
+transaction and publishes what changed once it is committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline import customers as customer_ops
+from timeline.db import Database
+from timeline.errors import InvalidIdentity
+from timeline.events import Event, Identity, utcnow
+from timeline.files import FileStore
+from timeline.identity import normalize
+from timeline.ids import new_id
+from timeline.publish import Publisher
+from timeline.records import StoredEvent
+from timeline.schema import documents, events
+from timeline.sql import chunks, insert_ignoring
+from timeline.status import advances
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["created", "updated", "duplicate", "unknown", "rejected"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one ingested event.
+
+    ``created``: stored as new. ``updated``: we held it; its status moved forward.
+    ``duplicate``: we held it; nothing changed. ``unknown``: a status update for
+    something we do not hold. ``rejected``: unusable (``reason`` says why).
+    """
+
+    kind: OutcomeKind
+    event: StoredEvent | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The outcomes of a batch, in input order."""
+
+    outcomes: list[Outcome]
+
+    @property
+    def changed(self) -> list[StoredEvent]:
+        """Created and updated events, for publishing."""
+        return [
+            o.event
+            for o in self.outcomes
+            if o.event is not None and o.kind in ("created", "updated")
+        ]
+
+    def count(self, kind: OutcomeKind) -> int:
+        """How many outcomes are of this kind."""
+        return sum(1 for o in self.outcomes if o.kind == kind)
+
+
+def _attachment_rows(
+    event: Event, event_id: str, customer_id: str, files: FileStore | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    summaries: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    now = utcnow()
+    for att in event.attachments:
+        doc_id = new_id()
+        sha = None
+        size = 0
+        if att.content is not None:
+            if files is None:
+                raise RuntimeError("attachments with content need a FileStore")
+            sha = files.put(att.content)
+            size = len(att.content)
+        rows.append(
+            {
+                "id": doc_id,
+                "customer_id": customer_id,
+                "event_id": event_id,
+                "filename": att.filename,
+                "content_type": att.content_type,
+                "size": size,
+                "sha256": sha,
+                "content_id": att.content_id,
+                "source_url": att.url,
+                "created_at": now,
+            }
+        )
+        summaries.append(
+            {
+                "id": doc_id,
+                "filename": att.filename,
+                "content_type": att.content_type,
+                "size": size,
+            }
+        )
+    return summaries, rows
+
+
+async def _existing(
+    conn: AsyncConnection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    by_channel: dict[str, list[str]] = {}
+    for channel, external_id in keys:
+        by_channel.setdefault(channel, []).append(external_id)
+    for channel, ids in by_channel.items():
+        for part in chunks(ids):
+            rows = await conn.execute(
+                sa.select(events.c.id, events.c.external_id, events.c.status, events.c.data).where(
+                    events.c.channel == channel, events.c.external_id.in_(part)
+                )
+            )
+            for row in rows.mappings():
+                found[(channel, row["external_id"])] = dict(row)
+    return found
+
+
+async def _advance(conn: AsyncConnection, event_id: str, channel: str, update: Event) -> bool:
+    """Move one stored event's status forward, compare-and-set; whether it moved."""
+    for _ in range(3):
+        row = (
+            (
+                await conn.execute(
+                    sa.select(events.c.status, events.c.data).where(events.c.id == event_id)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        if not advances(channel, row["status"], update.status):
+            return False
+        data = {**(row["data"] or {}), **update.data}
+        result = await conn.execute(
+            events.update()
+            .where(events.c.id == event_id, events.c.status.is_not_distinct_from(row["status"]))
+            .values(status=update.status, data=data, updated_at=utcnow())
+        )
+        if result.rowcount == 1:
+            return True
+    return False
+
+
+async def ingest_batch(
+    conn: AsyncConnection,
+    batch: Sequence[Event],
+    *,
+    region: str,
+    files: FileStore | None = None,
+) -> IngestResult:
+    """Resolve and store a batch of events in the caller's transaction."""
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    counterparts: dict[int, Identity] = {}
+    for i, ev in enumerate(batch):
+        if ev.update_only or ev.customer_id:
+            continue
+        who = ev.counterpart
+        if who is None:
+            outcomes[i] = Outcome(
+                "rejected", reason="no customer: neither customer_id nor a counterpart identity"
+            )
+            continue
+        try:
+            counterparts[i] = normalize(who, region)
+        except InvalidIdentity as exc:
+            outcomes[i] = Outcome("rejected", reason=str(exc))
+
+    keys = {(ev.channel.value, ev.external_id) for ev in batch if ev.external_id is not None}
+    existing = await _existing(conn, keys) if keys else {}
+
+    # First occurrence of each key in the batch is a candidate insert; repeats are updates.
+    seen: set[tuple[str, str]] = set()
+    inserts: list[int] = []
+    updates: list[int] = []
+    for i, ev in enumerate(batch):
+        if outcomes[i] is not None:
+            continue
+        key = (ev.channel.value, ev.external_id) if ev.external_id is not None else None
+        if key is not None and (key in existing or key in seen):
+            updates.append(i)
+        elif ev.update_only:
+            outcomes[i] = Outcome("unknown", reason="no stored event with this id")
+        else:
+            if key is not None:
+                seen.add(key)
+            inserts.append(i)
+
+    resolved = await customer_ops.resolve(
+        conn, [counterparts[i] for i in inserts if i in counterparts]
+    )
+    now = utcnow()
+    event_rows: list[dict[str, Any]] = []
+    doc_rows: dict[str, list[dict[str, Any]]] = {}
+    for i in inserts:
+        ev = batch[i]
+        customer_id = ev.customer_id or resolved[counterparts[i]]
+        event_id = new_id()
+        summaries, docs = _attachment_rows(ev, event_id, customer_id, files)
+        if docs:
+            doc_rows[event_id] = docs
+        sender = ev.sender
+        recipient = ev.recipient
+        if i in counterparts:
+            # Store the normalized form of the customer's side.
+            if ev.counterpart is sender:
+                sender = counterparts[i]
+            else:
+                recipient = counterparts[i]
+        event_rows.append(
+            {
+                "id": event_id,
+                "customer_id": customer_id,
+                "channel": ev.channel.value,
+                "kind": ev.kind.value,
+                "direction": ev.direction.value,
+                "external_id": ev.external_id,
+                "occurred_at": ev.occurred_at,
+                "status": ev.status,
+                "subject": ev.subject,
+                "text": ev.text,
+                "html": ev.html,
+                "thread_key": ev.thread_key,
+                "sender": sender.value if sender else None,
+                "recipient": recipient.value if recipient else None,
+                "attachments": summaries,
+                "data": dict(ev.data),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    inserted_ids: set[str] = set()
+    if event_rows:
+        await conn.execute(insert_ignoring(conn, events, ["channel", "external_id"]), event_rows)
+        if conn.dialect.name == "sqlite":
+            # Writers are serialized (BEGIN IMMEDIATE): nothing can have raced us.
+            inserted_ids = {r["id"] for r in event_rows}
+        else:
+            for part in chunks([r["id"] for r in event_rows]):
+                got = await conn.execute(sa.select(events.c.id).where(events.c.id.in_(part)))
+                inserted_ids.update(got.scalars())
+    lost: list[int] = []
+    all_docs = [d for r in event_rows if r["id"] in inserted_ids for d in doc_rows.get(r["id"], [])]
+    if all_docs:
+        await conn.execute(documents.insert(), all_docs)
+    for i, row in zip(inserts, event_rows, strict=True):
+        if row["id"] in inserted_ids:
+            outcomes[i] = Outcome("created", StoredEvent.from_row(row))
+        else:
+            lost.append(i)  # another process stored the same key meanwhile
+
+    if updates or lost:
+        existing = await _existing(
+            conn,
+            {(batch[i].channel.value, batch[i].external_id) for i in updates + lost},  # type: ignore[misc]
+        )
+        for i in sorted(updates + lost):
+            ev = batch[i]
+            stored = existing.get((ev.channel.value, ev.external_id or ""))
+            if stored is None:
+                outcomes[i] = Outcome("unknown", reason="no stored event with this id")
+                continue
+            if await _advance(conn, stored["id"], ev.channel.value, ev):
+                fresh = (
+                    (await conn.execute(sa.select(events).where(events.c.id == stored["id"])))
+                    .mappings()
+                    .one()
+                )
+                outcomes[i] = Outcome("updated", StoredEvent.from_row(fresh))
+            else:
+                outcomes[i] = Outcome("duplicate", reason="already stored")
+    return IngestResult([o if o is not None else Outcome("rejected") for o in outcomes])
+
+
+async def ingest(
+    db: Database,
+    batch: Sequence[Event],
+    *,
+    region: str,
+    publisher: Publisher | None = None,
+    files: FileStore | None = None,
+) -> IngestResult:
+    """Ingest a batch in one write transaction, then publish what changed."""
+    async with db.write() as conn:
+        result = await ingest_batch(conn, batch, region=region, files=files)
+    if publisher is not None:
+        for stored in result.changed:
+            publisher.publish("timeline", stored)
+    rejected = result.count("rejected")
+    if rejected:
+        log.warning("ingest rejected %d of %d events", rejected, len(batch))
+    return result

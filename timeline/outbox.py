@@ -1,0 +1,218 @@
+"""The outbox: outbound messages written with their timeline event, sent by a worker.
+
+``enqueue`` runs in the caller's transaction, so a queued event and its outbox row
+commit together or not at all. A sender worker ``claim``\\ s due rows (PostgreSQL:
+``FOR UPDATE SKIP LOCKED``, so several workers never take the same row; SQLite: one
+writer at a time), sends, and records the outcome:
+
+- ``mark_sent``: the provider accepted it (its id is kept for status callbacks);
+- ``retry_later``: a known failure worth retrying, after a delay;
+- ``mark_failed``: a known permanent failure;
+- ``mark_unknown``: we cannot tell whether the provider accepted it (a timeout after
+  the request left, a crash). Such a row is never sent again blindly: reconciliation
+  looks the message up at the provider and settles it.
+
+A claim older than ``stale_after`` belongs to a worker that died: ``recover_stale`` marks
+it ``unknown`` (the send may have happened), never ``pending``.
+
+States: ``pending -> claimed -> sent | failed | pending (retry) | unknown``;
+``unknown -> sent | failed | pending`` by reconciliation; ``skipped`` when a send was
+refused before it left (an opted-out customer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.db import Database
+from timeline.events import utcnow
+from timeline.ids import new_id
+from timeline.schema import outbox
+
+PENDING = "pending"
+CLAIMED = "claimed"
+SENT = "sent"
+FAILED = "failed"
+UNKNOWN = "unknown"
+SKIPPED = "skipped"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A claimed row: what to send and for which event."""
+
+    id: str
+    event_id: str
+    channel: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    attempts: int
+    provider_id: str | None
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    *,
+    event_id: str,
+    channel: str,
+    payload: Mapping[str, Any],
+    idempotency_key: str | None = None,
+    not_before: datetime | None = None,
+) -> str:
+    """Add a row in the caller's transaction; the key (default: the row id) is unique."""
+    now = utcnow()
+    row_id = new_id()
+    await conn.execute(
+        outbox.insert().values(
+            id=row_id,
+            event_id=event_id,
+            channel=channel,
+            idempotency_key=idempotency_key or row_id,
+            payload=dict(payload),
+            state=PENDING,
+            attempts=0,
+            not_before=not_before or now,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return row_id
+
+
+async def claim(db: Database, channel: str, worker: str, *, limit: int = 50) -> list[OutboxItem]:
+    """Take up to ``limit`` due rows of a channel for this worker, oldest first."""
+    now = utcnow()
+    async with db.write() as conn:
+        due = (
+            sa.select(outbox.c.id)
+            .where(
+                outbox.c.state == PENDING,
+                outbox.c.channel == channel,
+                outbox.c.not_before <= now,
+            )
+            .order_by(outbox.c.not_before, outbox.c.id)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = list((await conn.execute(due)).scalars())
+        if not ids:
+            return []
+        await conn.execute(
+            outbox.update()
+            .where(outbox.c.id.in_(ids))
+            .values(
+                state=CLAIMED,
+                claimed_at=now,
+                claimed_by=worker,
+                attempts=outbox.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        rows = await conn.execute(
+            sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.not_before, outbox.c.id)
+        )
+        return [
+            OutboxItem(
+                id=r["id"],
+                event_id=r["event_id"],
+                channel=r["channel"],
+                idempotency_key=r["idempotency_key"],
+                payload=r["payload"],
+                attempts=r["attempts"],
+                provider_id=r["provider_id"],
+            )
+            for r in rows.mappings()
+        ]
+
+
+async def _finish(conn: AsyncConnection, row_id: str, state: str, **values: Any) -> bool:
+    result = await conn.execute(
+        outbox.update()
+        .where(outbox.c.id == row_id, outbox.c.state.in_([CLAIMED, UNKNOWN]))
+        .values(state=state, updated_at=utcnow(), **values)
+    )
+    return result.rowcount == 1
+
+
+async def mark_sent(conn: AsyncConnection, row_id: str, provider_id: str) -> bool:
+    """The provider accepted the message with this id."""
+    return await _finish(conn, row_id, SENT, provider_id=provider_id, last_error=None)
+
+
+async def mark_failed(conn: AsyncConnection, row_id: str, error: str) -> bool:
+    """A known, permanent failure; never retried."""
+    return await _finish(conn, row_id, FAILED, last_error=error)
+
+
+async def mark_skipped(conn: AsyncConnection, row_id: str, reason: str) -> bool:
+    """Refused before sending (for example the customer opted out)."""
+    return await _finish(conn, row_id, SKIPPED, last_error=reason)
+
+
+async def mark_unknown(conn: AsyncConnection, row_id: str, error: str) -> bool:
+    """The outcome is unknown; only reconciliation may settle it."""
+    return await _finish(conn, row_id, UNKNOWN, last_error=error)
+
+
+async def retry_later(conn: AsyncConnection, row_id: str, error: str, delay: timedelta) -> bool:
+    """A known failure worth another try after ``delay``."""
+    return await _finish(
+        conn,
+        row_id,
+        PENDING,
+        last_error=error,
+        not_before=utcnow() + delay,
+        claimed_at=None,
+        claimed_by=None,
+    )
+
+
+async def recover_stale(db: Database, stale_after: timedelta) -> int:
+    """Rows claimed longer ago than ``stale_after`` (a dead worker) become ``unknown``."""
+    cutoff = utcnow() - stale_after
+    async with db.write() as conn:
+        result = await conn.execute(
+            outbox.update()
+            .where(outbox.c.state == CLAIMED, outbox.c.claimed_at < cutoff)
+            .values(state=UNKNOWN, last_error="claim expired: outcome unknown", updated_at=utcnow())
+        )
+        return int(result.rowcount)
+
+
+async def unknown_rows(db: Database, channel: str, *, limit: int = 100) -> list[OutboxItem]:
+    """Rows whose outcome reconciliation must settle."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(outbox)
+            .where(outbox.c.state == UNKNOWN, outbox.c.channel == channel)
+            .order_by(outbox.c.updated_at)
+            .limit(limit)
+        )
+        return [
+            OutboxItem(
+                id=r["id"],
+                event_id=r["event_id"],
+                channel=r["channel"],
+                idempotency_key=r["idempotency_key"],
+                payload=r["payload"],
+                attempts=r["attempts"],
+                provider_id=r["provider_id"],
+            )
+            for r in rows.mappings()
+        ]
+
+
+async def counts(db: Database) -> dict[str, int]:
+    """Rows per state (for health and metrics)."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state)
+        )
+        return {state: int(n) for state, n in rows}

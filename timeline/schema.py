@@ -1,0 +1,201 @@
+"""The database tables (SQLAlchemy Core). Migrations in ``timeline/migrations`` create them.
+
+Ids are client-made time-ordered strings (``timeline.ids``), so bulk inserts with Core
+``executemany`` need no ``RETURNING``. The timeline index is exactly
+``(customer_id, occurred_at DESC, id DESC)``, the keyset of the timeline query.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType: sa.types.TypeEngine[Any] = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+ID = sa.String(32)
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("timezone", sa.String(64)),
+    sa.Column("attributes", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("merged_into", ID, sa.ForeignKey("customers.id")),
+    sa.Column("erased_at", UTCDateTime),
+    sa.Index("ix_customers_name", "name"),
+)
+
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("value", sa.String(320), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("kind", "value", name="uq_identities_kind_value"),
+    sa.Index("ix_identities_customer", "customer_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("direction", sa.String(16), nullable=False),
+    sa.Column("external_id", sa.String(998)),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String(32)),
+    sa.Column("subject", sa.Text),
+    sa.Column("text", sa.Text),
+    sa.Column("html", sa.Text),
+    sa.Column("thread_key", sa.String(998)),
+    sa.Column("sender", sa.String(320)),
+    sa.Column("recipient", sa.String(320)),
+    sa.Column("attachments", JSONType),
+    sa.Column("data", JSONType),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "external_id", name="uq_events_channel_external"),
+    sa.Index(
+        "ix_events_timeline",
+        "customer_id",
+        sa.text("occurred_at DESC"),
+        sa.text("id DESC"),
+    ),
+    sa.Index("ix_events_thread", "thread_key"),
+)
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("event_id", ID, sa.ForeignKey("events.id")),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("content_id", sa.String(255)),
+    sa.Column("source_url", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_documents_customer", "customer_id"),
+    sa.Index("ix_documents_event", "event_id"),
+    sa.Index("ix_documents_sha256", "sha256"),
+)
+
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), primary_key=True),
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("purpose", sa.String(16), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("event_id", ID),
+)
+
+merges = sa.Table(
+    "merges",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("target_id", ID, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("source_id", ID, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("record", JSONType, nullable=False),
+    sa.Column("actor", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("undone_at", UTCDateTime),
+    sa.Index("ix_merges_target", "target_id"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("event_id", ID, sa.ForeignKey("events.id"), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", UTCDateTime, nullable=False),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("provider_id", sa.String(200)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_outbox_ready", "state", "channel", "not_before"),
+    sa.Index("ix_outbox_event", "event_id"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", JSONType),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_idempotency_created", "created_at"),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("team", sa.String(100)),
+    sa.Column("password_hash", sa.String(255)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("agent_id", ID, sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+)
