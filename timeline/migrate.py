@@ -24,6 +24,9 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several hub processes may start at once; one migrates, the others wait.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7201604)"))
     command.upgrade(alembic_config(connection), "head")
 
 

@@ -1,0 +1,88 @@
+"""The data subject's rights: export (GDPR Art. 15) and erasure (Art. 17)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import JSONResponse, Response
+
+from hub import schemas
+from hub.routing import Ctx, Endpoint, Param
+from timeline import privacy
+from timeline.events import utcnow
+from timeline.idempotency import Answer
+from timeline.records import iso
+
+log = logging.getLogger(__name__)
+
+
+async def export_customer(ctx: Ctx) -> Response:
+    """Everything held about a customer, as one JSON document."""
+    customer_id = ctx.path("id")
+    async with ctx.services.db.read() as conn:
+        data = await privacy.export(conn, customer_id)
+    log.info("export of customer %s by agent %s", customer_id, ctx.agent.id)
+    return JSONResponse(
+        data,
+        headers={"Content-Disposition": f'attachment; filename="customer-{customer_id}.json"'},
+    )
+
+
+async def erase_customer(ctx: Ctx) -> Response:
+    """Erase a customer: only a tombstone is left, files no one else uses are deleted."""
+    customer_id = ctx.path("id")
+    files = ctx.services.files
+
+    async def op(conn: AsyncConnection) -> Answer:
+        hashes = await privacy.erase(conn, customer_id)
+
+        def delete_files() -> None:
+            for sha in hashes:
+                files.delete(sha)
+
+        ctx.after_commit.append(delete_files)
+        return Answer(200, {"id": customer_id, "erased_at": iso(utcnow())})
+
+    response = await ctx.write(op, fingerprint_body=b"")
+    if response.status_code == 200:
+        log.info("erasure of customer %s by agent %s", customer_id, ctx.agent.id)
+    return response
+
+
+_ID = Param("id", "path", {"type": "string"}, "the customer's id", required=True)
+_ERR = schemas.Error
+
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/customers/{id}/export",
+        export_customer,
+        "Everything held about a customer (GDPR Art. 15)",
+        "supervisor",
+        {
+            200: ("the export", schemas.ExportOut),
+            401: ("no valid token", _ERR),
+            403: ("needs the supervisor role", _ERR),
+            404: ("no such customer", _ERR),
+        },
+        params=(_ID,),
+        tag="privacy",
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/customers/{id}",
+        erase_customer,
+        "Erase a customer (GDPR Art. 17): identities, events, bodies, files, outbox",
+        "admin",
+        {
+            200: ("the tombstone", schemas.Erased),
+            401: ("no valid token", _ERR),
+            403: ("needs the admin role", _ERR),
+            404: ("no such customer, or already erased", _ERR),
+        },
+        params=(_ID,),
+        idempotent=True,
+        tag="privacy",
+    ),
+]

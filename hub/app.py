@@ -1,0 +1,129 @@
+"""The application: ``create_app(settings)`` builds the Starlette app.
+
+Its lifespan owns the database engine, the file store, the live publisher and the
+background workers: it applies migrations, starts the workers (unless told not to) and
+closes everything on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import metadata
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from config import Settings
+from hub import openapi
+from hub.api import customers, health, privacy, stream, timeline
+from hub.errors import error_body
+from hub.routing import Endpoint, to_route
+from hub.services import Services
+from hub.workers import Workers
+from timeline import migrate
+from timeline.db import Database
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS: list[Endpoint] = [
+    *health.ENDPOINTS,
+    *customers.ENDPOINTS,
+    *timeline.ENDPOINTS,
+    *privacy.ENDPOINTS,
+    *stream.ENDPOINTS,
+]
+
+
+def version() -> str:
+    """The installed version of commhub."""
+    try:
+        return metadata.version("commhub")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+source"
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def index(request: Request) -> Response:
+    """Where things are."""
+    return JSONResponse(
+        {
+            "name": "commhub",
+            "version": version(),
+            "api": "/api/v1",
+            "openapi": "/openapi.json",
+            "health": "/healthz",
+        }
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    run_workers: bool = True,
+    db: Database | None = None,
+    sse_heartbeat: float = 15.0,
+) -> Starlette:
+    """The hub as an ASGI app; its lifespan migrates, starts workers and cleans up."""
+    services = Services.build(settings, db)
+    schema_cache: dict[str, Any] = {}
+
+    async def openapi_json(request: Request) -> Response:
+        if not schema_cache:
+            schema_cache.update(
+                openapi.build(ENDPOINTS, version=version(), server_url=settings.public_url)
+            )
+        return JSONResponse(schema_cache)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await migrate.upgrade(services.db)
+        workers = Workers(services) if run_workers else None
+        if workers:
+            workers.start()
+        log.info("commhub %s serving at %s", version(), settings.public_url)
+        try:
+            yield
+        finally:
+            if workers:
+                await workers.stop()
+            services.publisher.close()
+            await services.db.dispose()
+
+    routes: list[BaseRoute] = [
+        Route("/", index, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+    routes += [to_route(ep, _services) for ep in ENDPOINTS]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.services = services
+    app.state.settings = settings
+    app.state.sse_heartbeat = sse_heartbeat
+    return app

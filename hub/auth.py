@@ -1,0 +1,150 @@
+"""Agents and their credentials: API tokens (stored hashed) and console passwords.
+
+Tokens are 256 random bits; only their SHA-256 is stored (a fast hash is right for
+high-entropy secrets, https://cheatsheetseries.owasp.org/cheatsheets/Password_Storage_Cheat_Sheet.html).
+Passwords are hashed with Argon2id. Roles, from least to most: agent, supervisor, admin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import time
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.db import Database
+from timeline.errors import Conflict
+from timeline.events import utcnow
+from timeline.ids import new_id
+from timeline.schema import agents, api_tokens
+
+ROLES = ("agent", "supervisor", "admin")
+TOKEN_PREFIX = "chub_"  # noqa: S105 - a public prefix, not a secret
+_hasher = PasswordHasher()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Agent:
+    """An authenticated agent."""
+
+    id: str
+    email: str
+    name: str | None
+    role: str
+    team: str | None
+    token_id: str | None = None
+
+    def has_role(self, role: str) -> bool:
+        """Whether this agent's role is ``role`` or above."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def hash_token(token: str) -> str:
+    """What is stored for a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    """An Argon2id hash of a password."""
+    return _hasher.hash(password)
+
+
+def check_password(stored: str | None, password: str) -> bool:
+    """Whether ``password`` matches the stored hash."""
+    if not stored:
+        return False
+    try:
+        return _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def add_agent(
+    conn: AsyncConnection,
+    *,
+    email: str,
+    role: str,
+    name: str | None = None,
+    team: str | None = None,
+    password: str | None = None,
+) -> tuple[str, str]:
+    """Create an agent and a first API token; returns (agent id, token)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    taken = await conn.execute(sa.select(agents.c.id).where(agents.c.email == email))
+    if taken.first() is not None:
+        raise Conflict(f"an agent with the email {email} already exists")
+    agent_id = new_id()
+    await conn.execute(
+        agents.insert().values(
+            id=agent_id,
+            email=email,
+            name=name,
+            role=role,
+            team=team,
+            password_hash=hash_password(password) if password else None,
+            created_at=utcnow(),
+        )
+    )
+    return agent_id, await issue_token(conn, agent_id)
+
+
+async def issue_token(conn: AsyncConnection, agent_id: str) -> str:
+    """A new API token for an agent (shown once, stored hashed)."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    await conn.execute(
+        api_tokens.insert().values(
+            id=new_id(), agent_id=agent_id, token_hash=hash_token(token), created_at=utcnow()
+        )
+    )
+    return token
+
+
+class TokenAuth:
+    """Looks bearer tokens up; records last use at most once a minute per token."""
+
+    def __init__(self, db: Database, touch_every: float = 60.0) -> None:
+        self.db = db
+        self.touch_every = touch_every
+        self._touched: dict[str, float] = {}
+
+    async def agent_for(self, token: str) -> Agent | None:
+        """The active agent holding this token, or None."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        agents.c.id,
+                        agents.c.email,
+                        agents.c.name,
+                        agents.c.role,
+                        agents.c.team,
+                        api_tokens.c.id.label("token_id"),
+                    )
+                    .join(agents, agents.c.id == api_tokens.c.agent_id)
+                    .where(
+                        api_tokens.c.token_hash == hash_token(token),
+                        api_tokens.c.revoked_at.is_(None),
+                        agents.c.disabled_at.is_(None),
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        now = time.monotonic()
+        if now - self._touched.get(row.token_id, -1e9) > self.touch_every:
+            self._touched[row.token_id] = now
+            async with self.db.write() as conn:
+                await conn.execute(
+                    api_tokens.update()
+                    .where(api_tokens.c.id == row.token_id)
+                    .values(last_used_at=utcnow())
+                )
+        return Agent(row.id, row.email, row.name, row.role, row.team, row.token_id)

@@ -1,0 +1,197 @@
+"""How API endpoints are declared: handler, role, body model, answers.
+
+One declaration feeds both the Starlette route and the OpenAPI schema
+(``hub.openapi``), so the schema cannot drift from what the code accepts and answers.
+A handler gets a :class:`Ctx` with the request, the authenticated agent and the hub's
+services; writes go through ``ctx.write(op)``, which runs ``op`` in one transaction
+and honours the ``Idempotency-Key`` header (``timeline.idempotency``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hub.auth import Agent
+from hub.errors import ApiError, answer_for
+from timeline import idempotency
+from timeline.errors import TimelineError
+from timeline.idempotency import Answer, AnswerError
+
+if TYPE_CHECKING:
+    from hub.services import Services
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[["Ctx"], Awaitable[Response]]
+AfterCommit = Callable[[], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A query or path parameter, for the schema."""
+
+    name: str
+    where: str  # "query" or "path"
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One API operation."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    role: str | None
+    responses: dict[int, tuple[str, type[BaseModel] | str | None]]
+    body: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+    idempotent: bool = False
+    tag: str = "customers"
+    multipart: bool = False
+
+
+class Ctx:
+    """What a handler works with."""
+
+    def __init__(self, request: Request, services: Services, agent: Agent | None) -> None:
+        self.request = request
+        self.services = services
+        self._agent = agent
+        self.after_commit: list[AfterCommit] = []
+
+    @property
+    def agent(self) -> Agent:
+        """The authenticated agent (every endpoint with a role has one)."""
+        assert self._agent is not None
+        return self._agent
+
+    def path(self, name: str) -> str:
+        """A path parameter."""
+        return str(self.request.path_params[name])
+
+    async def body(self, model: type[M]) -> M:
+        """The JSON body, validated: 400 if it is not JSON, 422 naming the field if wrong."""
+        raw = await self.request.body()
+        if not raw:
+            raise ApiError(400, "bad_request", "expected a JSON body")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ApiError(422, "invalid_field", f"{field}: {first['msg']}", field=field) from None
+
+    async def write(
+        self,
+        op: Callable[[AsyncConnection], Awaitable[Answer]],
+        *,
+        fingerprint_body: bytes | None = None,
+    ) -> Response:
+        """Run ``op`` in a write transaction, once per Idempotency-Key if one is given."""
+
+        async def guarded(conn: AsyncConnection) -> Answer:
+            try:
+                return await op(conn)
+            except TimelineError as exc:
+                answer = answer_for(exc)
+                assert answer is not None
+                raise AnswerError(answer) from exc
+
+        key = self.request.headers.get("idempotency-key")
+        db = self.services.db
+        if key is None:
+            try:
+                async with db.write() as conn:
+                    answer = await guarded(conn)
+            except AnswerError as exc:
+                self.after_commit.clear()
+                return json_answer(exc.answer)
+            await self._run_after_commit()
+            return json_answer(answer)
+        if not key or len(key) > 255:
+            raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1-255 characters")
+        body = fingerprint_body if fingerprint_body is not None else await self.request.body()
+        fp = idempotency.fingerprint(self.request.method, self.request.url.path, body)
+        answer, replayed = await idempotency.run(db, self.agent.id, key, fp, guarded)
+        if replayed:
+            self.after_commit.clear()
+        else:
+            await self._run_after_commit()
+        response = json_answer(answer)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    async def _run_after_commit(self) -> None:
+        for callback in self.after_commit:
+            result = callback()
+            if hasattr(result, "__await__"):
+                await result
+        self.after_commit.clear()
+
+
+def json_answer(answer: Answer) -> Response:
+    """A stored or fresh answer as a response."""
+    if answer.status == 204:
+        return Response(status_code=204)
+    headers = {"WWW-Authenticate": "Bearer"} if answer.status == 401 else None
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within bounds, or 422 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            422, "invalid_field", f"{name}: expected a whole number", field=name
+        ) from None
+    if not low <= value <= high:
+        raise ApiError(
+            422, "invalid_field", f"{name}: must be between {low} and {high}", field=name
+        )
+    return value
+
+
+def to_route(endpoint: Endpoint, services_of: Callable[[Request], Services]) -> Route:
+    """The Starlette route that authenticates, checks the role and calls the handler."""
+
+    async def call(request: Request) -> Response:
+        services = services_of(request)
+        agent = None
+        if endpoint.role is not None:
+            agent = await services.authenticate(request)
+            if not agent.has_role(endpoint.role):
+                raise ApiError(403, "forbidden", f"this needs the {endpoint.role} role or above")
+        ctx = Ctx(request, services, agent)
+        try:
+            return await endpoint.handler(ctx)
+        except (TimelineError, AnswerError) as exc:
+            answer = answer_for(exc)
+            assert answer is not None
+            return json_answer(answer)
+
+    call.__name__ = endpoint.handler.__name__
+    return Route(endpoint.path, call, methods=[endpoint.method])

@@ -1,0 +1,48 @@
+"""The hub's services, made once by the app's lifespan and shared by every request."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.requests import Request
+
+from config import Settings
+from hub.auth import Agent, TokenAuth
+from hub.errors import ApiError
+from timeline.db import Database
+from timeline.files import FileStore
+from timeline.publish import Publisher
+
+
+@dataclasses.dataclass
+class Services:
+    """Settings, database, files, live publisher and authentication."""
+
+    settings: Settings
+    db: Database
+    files: FileStore
+    publisher: Publisher
+    tokens: TokenAuth
+
+    @classmethod
+    def build(cls, settings: Settings, db: Database | None = None) -> Services:
+        """Services for these settings (a new engine unless one is given)."""
+        database = db or Database.from_url(settings.database_url)
+        return cls(
+            settings=settings,
+            db=database,
+            files=FileStore(settings.data_dir),
+            publisher=Publisher(),
+            tokens=TokenAuth(database),
+        )
+
+    async def authenticate(self, request: Request) -> Agent:
+        """The agent of the request's bearer token; 401 without a valid one."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "missing bearer token")
+        agent = await self.tokens.agent_for(token.strip())
+        if agent is None:
+            raise ApiError(401, "unauthorized", "invalid or revoked token")
+        return agent

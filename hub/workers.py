@@ -1,0 +1,91 @@
+"""Background workers that need no channel: housekeeping of the outbox and idempotency keys.
+
+Channel workers (senders, pollers, reconciliation) join the same list. Each worker is a
+coroutine looping until cancelled; one that raises is logged and restarted after a
+pause, so a bad row cannot stop the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from hub.services import Services
+from timeline import idempotency, outbox
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[Services], Awaitable[None]]
+
+#: A claim older than this belongs to a dead worker (senders finish in seconds).
+STALE_CLAIM = timedelta(minutes=10)
+
+
+async def outbox_recovery(services: Services) -> None:
+    """Turn claims of dead workers into ``unknown`` for reconciliation."""
+    recovered = await outbox.recover_stale(services.db, STALE_CLAIM)
+    if recovered:
+        log.warning("%d outbox rows had stale claims; marked unknown", recovered)
+
+
+async def idempotency_expiry(services: Services) -> None:
+    """Forget Idempotency-Key answers older than the configured time."""
+    ttl = timedelta(hours=services.settings.idempotency_ttl_hours)
+    removed = await idempotency.expire(services.db, ttl)
+    if removed:
+        log.info("forgot %d expired idempotency keys", removed)
+
+
+#: name -> (job, seconds between runs)
+JOBS: dict[str, tuple[Job, float]] = {
+    "outbox-recovery": (outbox_recovery, 60.0),
+    "idempotency-expiry": (idempotency_expiry, 3600.0),
+}
+
+
+async def _loop(name: str, job: Job, every: float, services: Services) -> None:
+    while True:
+        try:
+            await job(services)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker %s failed; retrying in %.0f s", name, every)
+        await asyncio.sleep(every)
+
+
+class Workers:
+    """Starts and stops the background jobs."""
+
+    def __init__(self, services: Services, jobs: dict[str, tuple[Job, float]] | None = None):
+        self.services = services
+        self.jobs = JOBS if jobs is None else jobs
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start every job as a task."""
+        for name, (job, every) in self.jobs.items():
+            self.tasks.append(
+                asyncio.create_task(_loop(name, job, every, self.services), name=name)
+            )
+        log.info("workers started: %s", ", ".join(self.jobs) or "none")
+
+    async def stop(self) -> None:
+        """Cancel every job and wait for them."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks.clear()
+
+    async def run_forever(self) -> None:
+        """Run the jobs until cancelled (the ``worker`` command)."""
+        self.start()
+        try:
+            await asyncio.gather(*self.tasks)
+        finally:
+            await self.stop()

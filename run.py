@@ -1,0 +1,222 @@
+"""commhub's command line: ``python run.py COMMAND`` (installed as ``commhub``).
+
+Commands (CONTRACT.md): serve, worker, demo, migrate, agent add, config. Exit status 0 on
+success; 2 with one line on stderr for bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import config
+from config import Settings, SettingsError
+from config.fields import env_example, markdown_table
+
+
+class UsageError(Exception):
+    """Bad usage: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="commhub", description="A unified communications hub for customer relationships."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="apply migrations, serve web + API, run the workers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-workers", action="store_true", help="web only")
+
+    sub.add_parser("worker", help="run the background workers only")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+
+    demo = sub.add_parser("demo", help="a fresh demo database with history, then serve")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--dir", default="./var/demo", help="where the demo keeps its data")
+
+    agent = sub.add_parser("agent", help="manage agents")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    add = agent_sub.add_parser("add", help="create an agent; prints its API token last")
+    add.add_argument("email")
+    add.add_argument("--role", required=True, choices=["agent", "supervisor", "admin"])
+    add.add_argument("--name")
+    add.add_argument("--team")
+    add.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
+
+    cfg = sub.add_parser("config", help="print generated configuration docs")
+    what = cfg.add_mutually_exclusive_group(required=True)
+    what.add_argument("--env-example", action="store_true", help="the text of .env.example")
+    what.add_argument("--markdown", action="store_true", help="the README's settings table")
+    what.add_argument("--check", action="store_true", help="load the settings and report")
+    return parser
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(settings: Settings, host: str, port: int, workers: bool) -> None:
+    import uvicorn
+
+    from hub.app import create_app
+
+    settings.require_secret_key()
+    app = create_app(settings, run_workers=workers)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+
+
+async def _migrate(settings: Settings) -> str:
+    from timeline.db import Database
+    from timeline.migrate import upgrade
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+    finally:
+        await db.dispose()
+    return settings.database_url.split("@")[-1]
+
+
+async def _worker(settings: Settings) -> None:
+    from hub.services import Services
+    from hub.workers import Workers
+    from timeline.migrate import upgrade
+
+    services = Services.build(settings)
+    await upgrade(services.db)
+    workers = Workers(services)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await workers.run_forever()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await services.db.dispose()
+
+
+async def _agent_add(settings: Settings, args: argparse.Namespace, password: str | None) -> str:
+    from hub.auth import add_agent
+    from timeline.db import Database
+    from timeline.errors import Conflict
+    from timeline.migrate import upgrade
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+        async with db.write() as conn:
+            _, token = await add_agent(
+                conn,
+                email=args.email,
+                role=args.role,
+                name=args.name,
+                team=args.team,
+                password=password,
+            )
+    except Conflict as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        await db.dispose()
+    return token
+
+
+async def _demo_seed(settings: Settings) -> tuple[str, str, str]:
+    from hub.demo import seed
+    from timeline.db import Database
+    from timeline.files import FileStore
+    from timeline.migrate import upgrade
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+        login = await seed(db, FileStore(settings.data_dir))
+    finally:
+        await db.dispose()
+    return login.email, login.password, login.token
+
+
+def _demo(args: argparse.Namespace) -> None:
+    root = Path(args.dir).resolve()
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    settings = config.load(
+        {k: v for k, v in os.environ.items() if k == "HUB_LOG_LEVEL"},
+        database_url=f"sqlite+aiosqlite:///{root}/hub.db",
+        data_dir=str(root / "files"),
+        secret_key=secrets.token_urlsafe(32),
+        public_url=f"http://{args.host}:{args.port}",
+    )
+    _logging(settings)
+    print(f"Building a fresh demo database in {root} ...", flush=True)
+    email, password, token = asyncio.run(_demo_seed(settings))
+    url = f"http://{args.host}:{args.port}"
+    print(
+        f"\ncommhub demo is starting at {url}\n"
+        f"  login:     {email} / {password}\n"
+        f"  API token: {token}\n"
+        f"  try:       curl -H 'Authorization: Bearer {token}' {url}/api/v1/customers\n"
+        f"  schema:    {url}/openapi.json\n",
+        flush=True,
+    )
+    _serve(settings, args.host, args.port, workers=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "config" and not args.check:
+            print(env_example() if args.env_example else markdown_table(), end="")
+            return 0
+        if args.command == "demo":
+            _demo(args)
+            return 0
+        settings = config.load()
+        _logging(settings)
+        if args.command == "config":
+            print(repr(settings))
+            return 0
+        if args.command == "serve":
+            _serve(settings, args.host, args.port, workers=not args.no_workers)
+        elif args.command == "migrate":
+            where = asyncio.run(_migrate(settings))
+            print(f"database is up to date ({where})")
+        elif args.command == "worker":
+            asyncio.run(_worker(settings))
+        elif args.command == "agent":
+            password = None
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+                if len(password) < 8:
+                    raise UsageError("the password must have at least 8 characters")
+            token = asyncio.run(_agent_add(settings, args, password))
+            print(f"agent {args.email} added with role {args.role}; API token:")
+            print(token)
+    except (SettingsError, UsageError, ValueError) as exc:
+        print(f"commhub: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
