@@ -68,6 +68,8 @@ def _logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic reports every plugin and step at INFO; a start-up needs none of that.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _serve(settings: Settings, host: str, port: int, workers: bool) -> None:

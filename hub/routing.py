@@ -181,13 +181,14 @@ def to_route(endpoint: Endpoint, services_of: Callable[[Request], Services]) -> 
     async def call(request: Request) -> Response:
         services = services_of(request)
         agent = None
-        if endpoint.role is not None:
-            agent = await services.authenticate(request)
-            if not agent.has_role(endpoint.role):
-                raise ApiError(403, "forbidden", f"this needs the {endpoint.role} role or above")
-        ctx = Ctx(request, services, agent)
         try:
-            return await endpoint.handler(ctx)
+            if endpoint.role is not None:
+                agent = await services.authenticate(request)
+                if not agent.has_role(endpoint.role):
+                    raise ApiError(
+                        403, "forbidden", f"this needs the {endpoint.role} role or above"
+                    )
+            return await endpoint.handler(Ctx(request, services, agent))
         except (TimelineError, AnswerError) as exc:
             answer = answer_for(exc)
             assert answer is not None
