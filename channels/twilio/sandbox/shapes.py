@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import phonenumbers
 from starlette.responses import JSONResponse
@@ -298,3 +299,42 @@ def twiml_messages(text: str) -> list[str]:
         body = element.findtext("Body")
         texts.append(body if body is not None else (element.text or "").strip())
     return [t for t in texts if t]
+
+
+#: Query parameters of paging, left out when a page names its neighbours.
+PAGING = frozenset({"Page", "PageSize", "PageToken"})
+
+
+def list_page(
+    key: str,
+    selected: Sequence[dict[str, Any]],
+    base: str,
+    filters: Sequence[tuple[str, str]],
+    page: int,
+    page_size: int,
+) -> dict[str, Any]:
+    """One page of a list, newest first, with Twilio's paging fields.
+
+    https://www.twilio.com/docs/usage/twilios-response#response-formats-list-paging-information
+    """
+    start = page * page_size
+    chunk = list(selected[start : start + page_size])
+
+    def page_uri(number: int, token: str | None = None) -> str:
+        params = [*filters, ("PageSize", str(page_size)), ("Page", str(number))]
+        if token:
+            params.append(("PageToken", token))
+        return f"{base}?{urlencode(params)}"
+
+    more = start + page_size < len(selected)
+    return {
+        "end": start + max(len(chunk) - 1, 0),
+        "first_page_uri": page_uri(0),
+        key: chunk,
+        "next_page_uri": page_uri(page + 1, "PA" + chunk[-1]["sid"]) if more else None,
+        "page": page,
+        "page_size": page_size,
+        "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+        "start": start,
+        "uri": page_uri(page),
+    }
