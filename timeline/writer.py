@@ -1,0 +1,118 @@
+"""Group commit: concurrent webhook requests share one write transaction.
+
+DESIGN.md (Storage): a webhook is answered only after its event is durably committed, and
+one transaction per request costs about a millisecond of driver overhead. The writer
+takes whatever submissions are waiting, ingests them in one transaction
+(``timeline.ingest.ingest_batch``), then wakes each submitter with its own outcomes.
+There is no artificial delay: while one batch commits, the next one gathers, so batches
+grow with load and a lone request is written at once.
+
+A batch that fails as a whole is retried one submission at a time, so one bad request
+cannot fail the others that shared its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from timeline.db import Database
+from timeline.events import Event
+from timeline.files import FileStore
+from timeline.ingest import Outcome, ingest_batch
+from timeline.publish import Publisher
+
+log = logging.getLogger(__name__)
+
+_Submission = tuple[Sequence[Event], "asyncio.Future[list[Outcome]]"]
+_STOP = None
+
+
+class GroupWriter:
+    """Ingests submitted events in shared transactions; ``submit`` returns once committed."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        region: str,
+        files: FileStore | None = None,
+        publisher: Publisher | None = None,
+        max_batch: int = 1000,
+    ) -> None:
+        self.db = db
+        self.region = region
+        self.files = files
+        self.publisher = publisher
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Submission | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        """Start the writer task (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="group-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.put(_STOP)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def submit(self, events: Sequence[Event]) -> list[Outcome]:
+        """Ingest ``events``; returns their outcomes once they are committed."""
+        if self._task is None:
+            self.start()
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((events, future))
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            size = len(first[0])
+            while size < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+                size += len(item[0])
+            live = [(events, fut) for events, fut in batch if not fut.cancelled()]
+            try:
+                await self._write(live)
+            except Exception:
+                log.exception(
+                    "group commit of %d submissions failed; writing one by one", len(live)
+                )
+                for submission in live:
+                    try:
+                        await self._write([submission])
+                    except Exception as exc:  # this submission alone is bad
+                        if not submission[1].done():
+                            submission[1].set_exception(exc)
+
+    async def _write(self, submissions: list[_Submission]) -> None:
+        flat = [event for events, _ in submissions for event in events]
+        async with self.db.write() as conn:
+            result = await ingest_batch(conn, flat, region=self.region, files=self.files)
+        self.batches += 1
+        if self.publisher is not None:
+            for stored in result.changed:
+                self.publisher.publish("timeline", stored)
+        start = 0
+        for events, future in submissions:
+            part = result.outcomes[start : start + len(events)]
+            start += len(events)
+            if not future.done():
+                future.set_result(part)
