@@ -144,7 +144,7 @@ def _call(instance: Any) -> CallRecord:
         sid=str(instance.sid),
         status=str(instance.status),
         direction=str(instance.direction),
-        from_=instance.from_,
+        from_=instance._from,  # the SDK's CallInstance names it so; MessageInstance: from_
         to=instance.to,
         duration=_int(instance.duration),
         date_created=_date(instance.date_created),

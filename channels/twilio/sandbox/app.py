@@ -400,7 +400,7 @@ class Sandbox:
     async def _progress_message(self, sid: str) -> None:
         resource = self.messages[sid]
         callback = self._pending[sid].callback
-        held: list[list[tuple[str, str]]] = []
+        held: list[tuple[str, list[tuple[str, str]]]] = []
         for status, code in shapes.message_plan(resource["to"]):
             await asyncio.sleep(self.callback_delay)
             now = shapes.now_rfc2822()
@@ -413,11 +413,11 @@ class Sandbox:
                 continue
             params = shapes.status_form(self.account_sid, resource)
             if self.out_of_order:
-                held.append(params)
+                held.append((callback, params))
             else:
                 await self._post(callback, params)
-        for params in reversed(held):
-            await self._post(callback or "", params)
+        for url, params in reversed(held):
+            await self._post(url, params)
 
     # -- Calls ----------------------------------------------------------------------------
 
