@@ -70,6 +70,8 @@ def _logging(settings: Settings) -> None:
     )
     # Alembic reports every plugin and step at INFO; a start-up needs none of that.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO; ours can carry phone numbers.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _serve(settings: Settings, host: str, port: int, workers: bool) -> None:
@@ -160,12 +162,21 @@ def _demo(args: argparse.Namespace) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    from hub.demo import OUR_NUMBER
+
+    sandbox_url = f"http://127.0.0.1:{args.port + 1}"
     settings = config.load(
         {k: v for k, v in os.environ.items() if k == "HUB_LOG_LEVEL"},
         database_url=f"sqlite+aiosqlite:///{root}/hub.db",
         data_dir=str(root / "files"),
         secret_key=secrets.token_urlsafe(32),
         public_url=f"http://{args.host}:{args.port}",
+        twilio_account_sid="AC" + secrets.token_hex(16),
+        twilio_auth_token=secrets.token_hex(16),
+        twilio_numbers=(OUR_NUMBER,),
+        twilio_api_base=sandbox_url,
+        twilio_sandbox=True,
+        twilio_sms_rate=5.0,
     )
     _logging(settings)
     print(f"Building a fresh demo database in {root} ...", flush=True)
@@ -176,7 +187,11 @@ def _demo(args: argparse.Namespace) -> None:
         f"  login:     {email} / {password}\n"
         f"  API token: {token}\n"
         f"  try:       curl -H 'Authorization: Bearer {token}' {url}/api/v1/customers\n"
-        f"  schema:    {url}/openapi.json\n",
+        f"  schema:    {url}/openapi.json\n"
+        f"  sandbox:   a customer texts the hub (Twilio sandbox at {sandbox_url}):\n"
+        f"    curl -X POST {sandbox_url}/sandbox/sms -H 'Content-Type: application/json' \\\n"
+        f'      -d \'{{"from": "+14155550100", "to": "{OUR_NUMBER}", "body": "Hello"}}\'\n'
+        f"    and reads the hub's answers: curl {sandbox_url}/sandbox/phones/+14155550100/messages\n",
         flush=True,
     )
     _serve(settings, args.host, args.port, workers=True)

@@ -32,7 +32,7 @@ class Field:
 #: Settings that switch a channel on: all of ``required`` given means on, none means off,
 #: some means a start-up error naming the missing ones.
 CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
-    "twilio": ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
+    "twilio": ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_NUMBERS"),
     "smtp": ("SMTP_HOST", "SMTP_FROM"),
     "imap": ("IMAP_HOST", "IMAP_USERNAME", "IMAP_PASSWORD"),
     "caldav": ("CALDAV_URL", "CALDAV_USERNAME", "CALDAV_PASSWORD"),
@@ -148,6 +148,22 @@ FIELDS: tuple[Field, ...] = (
         "float",
         "1",
         "messages per second per sending number (0 turns the limit off)",
+        group="twilio",
+    ),
+    Field(
+        "TWILIO_HELP_TEXT",
+        "twilio_help_text",
+        "str",
+        "Reply STOP to stop messages, START to get them again.",
+        "the answer to an SMS of HELP or INFO",
+        group="twilio",
+    ),
+    Field(
+        "TWILIO_SANDBOX",
+        "twilio_sandbox",
+        "bool",
+        "false",
+        "serve the built-in provider sandbox on loopback at TWILIO_API_BASE (`demo` sets it)",
         group="twilio",
     ),
     # -- email out

@@ -49,6 +49,8 @@ class Settings:
     twilio_numbers: tuple[str, ...] = ()
     twilio_api_base: str = "https://api.twilio.com"
     twilio_sms_rate: float = 1.0
+    twilio_help_text: str = "Reply STOP to stop messages, START to get them again."
+    twilio_sandbox: bool = False
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None
@@ -198,6 +200,12 @@ def _validate(values: dict[str, Any], given: set[str]) -> None:
                 missing[0],
                 f"missing while {', '.join(present)} is set: the {group} channel needs "
                 f"{', '.join(keys)}",
+            )
+    if values["twilio_sandbox"]:
+        base = urlsplit(values["twilio_api_base"])
+        if base.scheme != "http" or base.hostname not in ("127.0.0.1", "localhost"):
+            raise SettingsError(
+                "TWILIO_SANDBOX", "needs TWILIO_API_BASE on loopback, e.g. http://127.0.0.1:8001"
             )
     # A non-default value for a channel's optional key with the channel off is a mistake.
     for env in given:

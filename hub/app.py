@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config import Settings
-from hub import openapi
-from hub.api import customers, health, privacy, stream, timeline
+from hub import openapi, twilio_webhooks
+from hub.api import customers, health, messages, privacy, stream, timeline
 from hub.errors import error_body
 from hub.routing import Endpoint, to_route
 from hub.services import Services
@@ -36,6 +36,7 @@ ENDPOINTS: list[Endpoint] = [
     *customers.ENDPOINTS,
     *timeline.ENDPOINTS,
     *privacy.ENDPOINTS,
+    *messages.ENDPOINTS,
     *stream.ENDPOINTS,
 ]
 
@@ -80,6 +81,26 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("internal", "internal server error"), status_code=500)
 
 
+@contextlib.asynccontextmanager
+async def _sandbox(settings: Settings) -> AsyncIterator[None]:
+    """The built-in Twilio sandbox on loopback at TWILIO_API_BASE (demo mode)."""
+    from urllib.parse import urlsplit
+
+    from channels.twilio.sandbox import Sandbox, run_sandbox
+
+    assert settings.twilio_account_sid and settings.twilio_auth_token
+    where = urlsplit(settings.twilio_api_base)
+    sandbox = Sandbox(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        settings.public_url,
+        numbers=settings.twilio_numbers,
+    )
+    async with run_sandbox(sandbox, where.hostname or "127.0.0.1", where.port or 80):
+        log.info("twilio sandbox serving at %s", settings.twilio_api_base)
+        yield
+
+
 def create_app(
     settings: Settings,
     *,
@@ -101,23 +122,27 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await migrate.upgrade(services.db)
-        workers = Workers(services) if run_workers else None
-        if workers:
-            workers.start()
-        log.info("commhub %s serving at %s", version(), settings.public_url)
-        try:
-            yield
-        finally:
+        services.writer.start()
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.twilio_sandbox:
+                await stack.enter_async_context(_sandbox(settings))
+            workers = Workers(services) if run_workers else None
             if workers:
-                await workers.stop()
-            services.publisher.close()
-            await services.db.dispose()
+                workers.start()
+            log.info("commhub %s serving at %s", version(), settings.public_url)
+            try:
+                yield
+            finally:
+                if workers:
+                    await workers.stop()
+                await services.close()
 
     routes: list[BaseRoute] = [
         Route("/", index, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     routes += [to_route(ep, _services) for ep in ENDPOINTS]
+    routes += twilio_webhooks.ROUTES
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -256,3 +256,15 @@ class DocumentList(BaseModel):
 
     items: list[DocumentOut]
     next: str | None
+
+
+class MessageIn(_In):
+    """An outbound message to a customer."""
+
+    customer_id: str = Field(min_length=1, max_length=64)
+    channel: Literal["sms", "email"]
+    text: str = Field(min_length=1, max_length=1600)
+    subject: str | None = Field(default=None, max_length=998)
+    html: str | None = Field(default=None, max_length=1_000_000)
+    reply_to: str | None = Field(default=None, max_length=64)
+    purpose: Literal["transactional", "marketing"] = "transactional"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 from hub.services import Services
 from timeline import idempotency, outbox
@@ -19,6 +20,10 @@ from timeline import idempotency, outbox
 log = logging.getLogger(__name__)
 
 Job = Callable[[Services], Awaitable[None]]
+Loop = Callable[[], Coroutine[Any, Any, None]]
+
+#: Seconds between reconciliation rounds with the provider.
+RECONCILE_EVERY = 300.0
 
 #: A claim older than this belongs to a dead worker (senders finish in seconds).
 STALE_CLAIM = timedelta(minutes=10)
@@ -57,21 +62,51 @@ async def _loop(name: str, job: Job, every: float, services: Services) -> None:
         await asyncio.sleep(every)
 
 
-class Workers:
-    """Starts and stops the background jobs."""
+def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict[str, Loop]]:
+    """The periodic jobs and long-running loops of the channels that are on."""
+    jobs: dict[str, tuple[Job, float]] = {}
+    loops: dict[str, Loop] = {}
+    if services.twilio is not None:
+        from hub.sms_reconcile import Reconciler
+        from hub.sms_sender import SmsSender
 
-    def __init__(self, services: Services, jobs: dict[str, tuple[Job, float]] | None = None):
+        sender = SmsSender(services, services.twilio)
+        reconciler = Reconciler(services, services.twilio)
+        loops["sms-sender"] = sender.run_forever
+
+        async def reconcile(_: Services) -> None:
+            await reconciler.run_once()
+
+        jobs["sms-reconcile"] = (reconcile, RECONCILE_EVERY)
+    return jobs, loops
+
+
+class Workers:
+    """Starts and stops the background jobs and loops."""
+
+    def __init__(
+        self,
+        services: Services,
+        jobs: dict[str, tuple[Job, float]] | None = None,
+        loops: dict[str, Loop] | None = None,
+    ) -> None:
         self.services = services
-        self.jobs = JOBS if jobs is None else jobs
+        if jobs is None and loops is None:
+            extra_jobs, loops = channel_jobs(services)
+            jobs = {**JOBS, **extra_jobs}
+        self.jobs = jobs or {}
+        self.loops = loops or {}
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start every job as a task."""
+        """Start every job and loop as a task."""
         for name, (job, every) in self.jobs.items():
             self.tasks.append(
                 asyncio.create_task(_loop(name, job, every, self.services), name=name)
             )
-        log.info("workers started: %s", ", ".join(self.jobs) or "none")
+        for name, loop in self.loops.items():
+            self.tasks.append(asyncio.create_task(loop(), name=name))
+        log.info("workers started: %s", ", ".join([*self.jobs, *self.loops]) or "none")
 
     async def stop(self) -> None:
         """Cancel every job and wait for them."""

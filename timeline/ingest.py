@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from timeline import consent
 from timeline import customers as customer_ops
 from timeline.db import Database
 from timeline.errors import InvalidIdentity
-from timeline.events import Event, Identity, utcnow
+from timeline.events import Channel, Direction, Event, Identity, Kind, utcnow
 from timeline.files import FileStore
 from timeline.identity import normalize
 from timeline.ids import new_id
@@ -264,6 +265,17 @@ async def ingest_batch(
     for i, row in zip(inserts, event_rows, strict=True):
         if row["id"] in inserted_ids:
             outcomes[i] = Outcome("created", StoredEvent.from_row(row))
+            if row["kind"] == Kind.CONSENT.value:
+                data = row["data"]
+                await consent.apply(
+                    conn,
+                    row["customer_id"],
+                    row["channel"],
+                    data.get("purposes", consent.PURPOSES),
+                    data.get("state", row["status"]),
+                    at=row["occurred_at"],
+                    event_id=row["id"],
+                )
         else:
             lost.append(i)  # another process stored the same key meanwhile
 
@@ -308,3 +320,42 @@ async def ingest(
     if rejected:
         log.warning("ingest rejected %d of %d events", rejected, len(batch))
     return result
+
+
+async def advance(
+    conn: AsyncConnection,
+    event_id: str,
+    channel: Channel | str,
+    status: str,
+    data: Mapping[str, Any] | None = None,
+) -> StoredEvent | None:
+    """Move a stored event's status forward (merging ``data``); the event if it moved."""
+    update = Event(
+        channel=Channel(channel),
+        kind=Kind.MESSAGE,
+        direction=Direction.OUTBOUND,
+        occurred_at=utcnow(),
+        status=status,
+        data=dict(data or {}),
+        update_only=True,
+    )
+    if not await _advance(conn, event_id, Channel(channel).value, update):
+        return None
+    row = (await conn.execute(sa.select(events).where(events.c.id == event_id))).mappings().one()
+    return StoredEvent.from_row(row)
+
+
+async def attach_external_id(
+    conn: AsyncConnection, event_id: str, channel: Channel | str, external_id: str
+) -> bool:
+    """Give an event we made (an outbound message) the provider's id, once."""
+    result = await conn.execute(
+        events.update()
+        .where(
+            events.c.id == event_id,
+            events.c.channel == Channel(channel).value,
+            events.c.external_id.is_(None),
+        )
+        .values(external_id=external_id, updated_at=utcnow())
+    )
+    return bool(result.rowcount == 1)

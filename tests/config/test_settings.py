@@ -67,6 +67,17 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
         ({"HUB_SECRET_KEY": "short"}, "HUB_SECRET_KEY", "32"),
         ({"HUB_LOG_LEVEL": "LOUD"}, "HUB_LOG_LEVEL", "one of"),
         ({"TWILIO_ACCOUNT_SID": "AC1"}, "TWILIO_AUTH_TOKEN", "twilio"),
+        ({"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t"}, "TWILIO_NUMBERS", "twilio"),
+        (
+            {
+                "TWILIO_ACCOUNT_SID": "AC1",
+                "TWILIO_AUTH_TOKEN": "t",
+                "TWILIO_NUMBERS": "+14155550199",
+                "TWILIO_SANDBOX": "true",
+            },
+            "TWILIO_SANDBOX",
+            "loopback",
+        ),
         ({"SMTP_HOST": "mail.example"}, "SMTP_FROM", "smtp"),
         ({"SMTP_PORT": "465"}, "SMTP_PORT", "channel is off"),
         (
@@ -104,6 +115,7 @@ def test_secrets_are_never_shown() -> None:
             "HUB_SECRET_KEY": "s" * 40,
             "TWILIO_ACCOUNT_SID": "AC1",
             "TWILIO_AUTH_TOKEN": "very-secret-token",
+            "TWILIO_NUMBERS": "+14155550199",
         }
     )
     assert "very-secret-token" not in repr(s)

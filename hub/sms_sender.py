@@ -1,0 +1,208 @@
+"""The SMS sender worker: drains the outbox to Twilio.
+
+Each round claims a batch of due rows, checks consent once more (it may have changed
+while the message waited), sends them concurrently, spacing each sending number to
+``TWILIO_SMS_RATE``, and records every outcome in one transaction. What each Twilio
+error means (RELIABILITY.md, ``channels.twilio.errors.classify``):
+
+- 21610: the recipient opted out: failed, never retried, and the customer is opted out;
+- 30004-30007 and other permanent errors: failed with the code and Twilio's message;
+- 30003/30008: one delayed retry;
+- 429, 30001, 21611: back off, and slow that sending number down;
+- no answer or a 5xx: the outcome is unknown (Twilio may have accepted it). The row is
+  marked ``unknown`` and reconciliation looks the message up; it is never resent blindly.
+
+https://www.twilio.com/docs/api/errors
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from channels.twilio.client import TwilioClient
+from channels.twilio.errors import ApiError, Outcome
+from hub.ratelimit import Spacer
+from hub.services import Services
+from timeline import consent, outbox
+from timeline.events import Channel, utcnow
+from timeline.ingest import advance, attach_external_id, ingest_batch
+from timeline.outbox import OutboxItem
+from timeline.records import StoredEvent
+from timeline.schema import events
+
+log = logging.getLogger(__name__)
+
+RETRY_ONCE_DELAY = timedelta(minutes=2)
+MAX_BACKOFF = timedelta(minutes=15)
+
+
+@dataclasses.dataclass
+class _Result:
+    item: OutboxItem
+    customer_id: str
+    kind: str  # sent, skipped, failed, retry, unknown
+    sid: str | None = None
+    status: str | None = None
+    error: str | None = None
+    code: int | None = None
+    delay: timedelta | None = None
+    opted_out: bool = False
+
+
+class SmsSender:
+    """Claims SMS outbox rows and sends them with one Twilio client."""
+
+    def __init__(
+        self,
+        services: Services,
+        client: TwilioClient,
+        *,
+        batch: int = 200,
+        concurrency: int = 32,
+        worker_id: str | None = None,
+    ) -> None:
+        self.services = services
+        self.client = client
+        self.batch = batch
+        self.concurrency = concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{id(self):x}"
+        self.spacer = Spacer(services.settings.twilio_sms_rate)
+
+    def status_callback(self, event_id: str) -> str:
+        """Where Twilio reports this message's status (carrying our event id)."""
+        return f"{self.services.settings.public_url}/webhooks/twilio/sms/status?event={event_id}"
+
+    async def run_once(self) -> int:
+        """Claim and send one batch; returns how many rows it handled."""
+        items = await outbox.claim(
+            self.services.db, Channel.SMS.value, self.worker_id, limit=self.batch
+        )
+        if not items:
+            return 0
+        async with self.services.db.read() as conn:
+            rows = await conn.execute(
+                sa.select(events.c.id, events.c.customer_id).where(
+                    events.c.id.in_([i.event_id for i in items])
+                )
+            )
+            owners = {r.id: r.customer_id for r in rows}
+            objections = {}
+            for item in items:
+                purpose = item.payload.get("purpose", consent.TRANSACTIONAL)
+                objections[item.id] = await consent.objection(
+                    conn, owners[item.event_id], Channel.SMS.value, purpose
+                )
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: OutboxItem) -> _Result:
+            customer_id = owners[item.event_id]
+            objection = objections[item.id]
+            if objection is not None:
+                return _Result(item, customer_id, "skipped", error="opted out", code=None)
+            async with gate:
+                await self.spacer.acquire(item.payload["from"])
+                return await self._send(item, customer_id)
+
+        results = await asyncio.gather(*(one(i) for i in items))
+        await self._record(results)
+        return len(items)
+
+    async def _send(self, item: OutboxItem, customer_id: str) -> _Result:
+        payload = item.payload
+        try:
+            record = await self.client.send_sms(
+                from_=payload["from"],
+                to=payload["to"],
+                body=payload.get("body"),
+                media_urls=payload.get("media_urls", ()),
+                status_callback=self.status_callback(item.event_id),
+            )
+        except ApiError as exc:
+            return self._failure(item, customer_id, exc)
+        return _Result(item, customer_id, "sent", sid=record.sid, status=record.status)
+
+    def _failure(self, item: OutboxItem, customer_id: str, exc: ApiError) -> _Result:
+        outcome = exc.outcome
+
+        def result(kind: str, **more: Any) -> _Result:
+            return _Result(item, customer_id, kind, error=str(exc), code=exc.code, **more)
+
+        if outcome is Outcome.OPTED_OUT:
+            return result("failed", opted_out=True)
+        if outcome is Outcome.PERMANENT:
+            return result("failed")
+        if outcome is Outcome.RETRY_ONCE:
+            if item.attempts < 2:
+                return result("retry", delay=RETRY_ONCE_DELAY)
+            return result("failed")
+        if outcome is Outcome.BACK_OFF:
+            delay = min(timedelta(seconds=2 ** min(item.attempts, 10)), MAX_BACKOFF)
+            self.spacer.slow_down(item.payload["from"], delay.total_seconds())
+            return result("retry", delay=delay)
+        return result("unknown")
+
+    async def _record(self, results: list[_Result]) -> None:
+        changed: list[StoredEvent] = []
+        async with self.services.db.write() as conn:
+            for r in results:
+                event_id = r.item.event_id
+                moved: StoredEvent | None = None
+                if r.kind == "sent" and r.sid:
+                    await outbox.mark_sent(conn, r.item.id, r.sid)
+                    await attach_external_id(conn, event_id, Channel.SMS, r.sid)
+                    moved = await advance(conn, event_id, Channel.SMS, r.status or "queued")
+                elif r.kind == "skipped":
+                    await outbox.mark_skipped(conn, r.item.id, "the customer opted out")
+                    moved = await advance(
+                        conn, event_id, Channel.SMS, "skipped", {"skip_reason": "opted out"}
+                    )
+                elif r.kind == "failed":
+                    await outbox.mark_failed(conn, r.item.id, r.error or "failed")
+                    data: dict[str, Any] = {"error_code": r.code, "error_message": r.error}
+                    moved = await advance(conn, event_id, Channel.SMS, "failed", data)
+                    if r.opted_out:
+                        result = await ingest_batch(
+                            conn,
+                            [
+                                consent.change(
+                                    Channel.SMS,
+                                    consent.OPTED_OUT,
+                                    occurred_at=utcnow(),
+                                    external_id=f"{event_id}/consent-21610",
+                                    cause="Twilio error 21610 (the recipient has opted out)",
+                                    customer_id=r.customer_id,
+                                )
+                            ],
+                            region=self.services.settings.default_region,
+                        )
+                        changed += result.changed
+                elif r.kind == "retry" and r.delay is not None:
+                    await outbox.retry_later(conn, r.item.id, r.error or "retry", r.delay)
+                else:
+                    await outbox.mark_unknown(conn, r.item.id, r.error or "outcome unknown")
+                if moved is not None:
+                    changed.append(moved)
+        for stored in changed:
+            self.services.publisher.publish("timeline", stored)
+        failed = sum(1 for r in results if r.kind in ("failed", "unknown"))
+        log.info("sms sender: %d handled, %d failed or unknown", len(results), failed)
+
+    async def run_forever(self, idle: float = 0.5) -> None:
+        """Send until cancelled, polling the outbox every ``idle`` seconds when empty."""
+        while True:
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sms sender round failed")
+                handled = 0
+            if not handled:
+                await asyncio.sleep(idle)
