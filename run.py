@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--team")
     add.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
 
+    replay = sub.add_parser(
+        "replay", help="send a recorded provider payload, signed, to a running hub"
+    )
+    replay.add_argument("fixture", help="a recorded payload, e.g. channels/twilio/fixtures/*.txt")
+    replay.add_argument(
+        "--url",
+        required=True,
+        help="the webhook URL, e.g. http://127.0.0.1:8000/webhooks/twilio/sms",
+    )
+
     cfg = sub.add_parser("config", help="print generated configuration docs")
     what = cfg.add_mutually_exclusive_group(required=True)
     what.add_argument("--env-example", action="store_true", help="the text of .env.example")
@@ -157,6 +167,32 @@ async def _demo_seed(settings: Settings) -> tuple[str, str, str]:
     return login.email, login.password, login.token
 
 
+def _write_demo_config(settings: Settings, path: Path) -> Path:
+    """The demo's settings as a HUB_CONFIG file, so other commands can talk to it."""
+    import json
+
+    from config.fields import FIELDS
+
+    defaults = Settings()
+    lines = ["# Settings of the running demo (made by `commhub demo`; holds its secrets)."]
+    for field in FIELDS:
+        value = getattr(settings, field.attr)
+        if value == getattr(defaults, field.attr):
+            continue
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            rendered = str(value)
+        elif isinstance(value, tuple):
+            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        else:
+            rendered = json.dumps(value)
+        lines.append(f"{field.env} = {rendered}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def _demo(args: argparse.Namespace) -> None:
     root = Path(args.dir).resolve()
     if root.exists():
@@ -179,6 +215,7 @@ def _demo(args: argparse.Namespace) -> None:
         twilio_sms_rate=5.0,
     )
     _logging(settings)
+    config_file = _write_demo_config(settings, root / "hub.toml")
     print(f"Building a fresh demo database in {root} ...", flush=True)
     email, password, token = asyncio.run(_demo_seed(settings))
     url = f"http://{args.host}:{args.port}"
@@ -191,10 +228,56 @@ def _demo(args: argparse.Namespace) -> None:
         f"  sandbox:   a customer texts the hub (Twilio sandbox at {sandbox_url}):\n"
         f"    curl -X POST {sandbox_url}/sandbox/sms -H 'Content-Type: application/json' \\\n"
         f'      -d \'{{"from": "+14155550100", "to": "{OUR_NUMBER}", "body": "Hello"}}\'\n'
-        f"    and reads the hub's answers: curl {sandbox_url}/sandbox/phones/+14155550100/messages\n",
+        f"    and reads the hub's answers:\n"
+        f"    curl {sandbox_url}/sandbox/phones/+14155550100/messages\n"
+        f"  replay:    a recorded webhook, signed with the demo's settings:\n"
+        f"    HUB_CONFIG={config_file} python run.py replay \\\n"
+        f"      channels/twilio/fixtures/inbound_sms.txt --url {url}/webhooks/twilio/sms\n",
         flush=True,
     )
     _serve(settings, args.host, args.port, workers=True)
+
+
+def _replay(settings: Settings, fixture: str, url: str) -> int:
+    """POST a recorded payload, signed as its provider would sign it; 0 if answered 2xx."""
+    import hashlib
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from channels.twilio import signature
+    from channels.twilio.forms import decode_form
+
+    try:
+        body = Path(fixture).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {fixture}: {exc.strerror}") from None
+    parts = urlsplit(url)
+    if not parts.path.startswith("/webhooks/twilio/"):
+        raise UsageError("replay knows the Twilio webhooks (/webhooks/twilio/...)")
+    token = settings.twilio_auth_token
+    if not token:
+        raise UsageError("TWILIO_AUTH_TOKEN is needed to sign a Twilio payload")
+    query = parts.query
+    if fixture.endswith(".json"):
+        digest = hashlib.sha256(body).hexdigest()
+        query = f"{query}&bodySHA256={digest}" if query else f"bodySHA256={digest}"
+        signed = signature.public_url_for(settings.public_url, parts.path, query)
+        sig = signature.sign(token, signed, None)
+        content_type = "application/json"
+    else:
+        signed = signature.public_url_for(settings.public_url, parts.path, query)
+        sig = signature.sign(token, signed, decode_form(body))
+        content_type = "application/x-www-form-urlencoded"
+    target = parts._replace(query=query).geturl()
+    response = httpx.post(
+        target,
+        content=body,
+        headers={"Content-Type": content_type, signature.SIGNATURE_HEADER: sig},
+        timeout=30,
+    )
+    print(f"{response.status_code} {response.text[:500]}")
+    return 0 if response.is_success else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             where = asyncio.run(_migrate(settings))
             print(f"database is up to date ({where})")
+        elif args.command == "replay":
+            return _replay(settings, args.fixture, args.url)
         elif args.command == "worker":
             asyncio.run(_worker(settings))
         elif args.command == "agent":

@@ -41,7 +41,8 @@ _KEYWORD_STATE = {"opt_out": consent.OPTED_OUT, "opt_in": consent.OPTED_IN}
 def twiml(*messages: str) -> Response:
     """A TwiML answer, with a ``<Message>`` for each reply text."""
     inner = "".join(f"<Message>{escape(m)}</Message>" for m in messages)
-    body = f'<?xml version="1.0" encoding="UTF-8"?><Response>{inner}</Response>'
+    response = f"<Response>{inner}</Response>" if inner else "<Response/>"
+    body = f'<?xml version="1.0" encoding="UTF-8"?>{response}'
     return Response(body, media_type="text/xml")
 
 
