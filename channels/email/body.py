@@ -17,7 +17,7 @@ from email import policy
 from email.message import Message
 
 from channels.email.htmltext import html_to_text
-from channels.email.mime import decode_bytes, raw_header, safe_filename
+from channels.email.mime import clean_text, decode_bytes, raw_header, safe_filename
 from timeline.events import Attachment
 
 MAX_DEPTH = 30
@@ -54,7 +54,11 @@ class Body:
 def _leaves(
     part: Message, warnings: list[str], depth: int = 0, in_alternative: bool = False
 ) -> Iterator[tuple[Message, bool]]:
-    payload = part.get_payload()
+    try:
+        payload = part.get_payload()
+    except Exception as exc:  # e.g. a NUL in the charset parameter
+        warnings.append(f"unreadable MIME part ({type(exc).__name__})")
+        return
     if part.get_content_maintype() == "multipart" and isinstance(payload, list):
         if depth >= MAX_DEPTH:
             warnings.append(f"MIME nesting deeper than {MAX_DEPTH}: rest skipped")
@@ -74,7 +78,7 @@ def _payload_bytes(part: Message) -> bytes:
             for pol in (policy.default, policy.compat32):
                 try:
                     return inner[0].as_bytes(policy=pol)
-                except Exception:  # noqa: BLE001, S112 - the generator may choke on junk
+                except Exception:  # noqa: S112 - the generator may choke on junk
                     continue
             return b""
     data = part.get_payload(decode=True)
@@ -87,7 +91,7 @@ def _payload_bytes(part: Message) -> bytes:
 def _text_of(part: Message, warnings: list[str], index: int) -> str:
     try:
         charset = part.get_content_charset()
-    except Exception:  # noqa: BLE001 - a broken Content-Type parameter list
+    except Exception:  # a broken Content-Type parameter list
         charset = None
     return decode_bytes(_payload_bytes(part), charset, warnings, f" (part {index})")
 
@@ -95,7 +99,7 @@ def _text_of(part: Message, warnings: list[str], index: int) -> str:
 def _attachment(part: Message, ctype: str, index: int, disposition: str | None) -> Attachment:
     try:
         name = part.get_filename()
-    except Exception:  # noqa: BLE001 - malformed RFC 2231 parameters
+    except Exception:  # malformed RFC 2231 parameters
         name = None
     cid = raw_header(part, "Content-ID")
     content_id = cid.strip().strip("<>").strip() or None if cid else None
@@ -124,7 +128,7 @@ def read_body(msg: Message, warnings: list[str], *, report: bool = False) -> Bod
             warnings.append(f"more than {MAX_PARTS} MIME parts: rest skipped")
             break
         try:
-            ctype = part.get_content_type()
+            ctype = clean_text(part.get_content_type())
             if ctype.startswith("multipart/"):
                 warnings.append(f"{ctype} without usable boundary read as text")
                 ctype = "text/plain"
@@ -143,7 +147,7 @@ def read_body(msg: Message, warnings: list[str], *, report: bool = False) -> Bod
                 continue
             else:
                 body.attachments.append(_attachment(part, ctype, index, disposition))
-        except Exception as exc:  # noqa: BLE001 - one broken part must not lose the rest
+        except Exception as exc:  # one broken part must not lose the rest
             warnings.append(f"unreadable MIME part {index} ({type(exc).__name__})")
     if texts:
         body.text = "\n\n".join(t.strip("\r\n") for t in texts)

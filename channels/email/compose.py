@@ -84,8 +84,8 @@ def make_message_id(domain: str) -> str:
 def _address(value: str) -> Address:
     try:
         header = default_policy.header_factory("To", value)
-        addresses = header.addresses  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - the header parser's errors vary
+        addresses = header.addresses
+    except Exception as exc:  # the header parser's errors vary
         raise ComposeError(f"not an address: {type(exc).__name__}") from exc
     if len(addresses) != 1 or "@" not in addresses[0].addr_spec:
         raise ComposeError("expected exactly one address")
@@ -93,9 +93,7 @@ def _address(value: str) -> Address:
     return address
 
 
-def _add_file(
-    target: EmailMessage, attachment: Attachment, *, related: bool
-) -> None:
+def _add_file(target: EmailMessage, attachment: Attachment, *, related: bool) -> None:
     if attachment.content is None:
         raise ComposeError(f"attachment {attachment.filename!r} has no content to send")
     maintype, _, subtype = attachment.content_type.partition("/")
@@ -166,7 +164,7 @@ def compose_message(
             msg[name] = value
     except ComposeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - ValueError for CR/LF, HeaderParseError, ...
+    except Exception as exc:  # ValueError for CR/LF, HeaderParseError, ...
         raise ComposeError(f"invalid header: {exc}") from exc
 
     inline = [a for a in attachments if a.content_id]
@@ -178,7 +176,9 @@ def compose_message(
     msg.set_content(text or "")
     if html is not None:
         msg.add_alternative(html, subtype="html")
-        html_part = msg.get_payload()[1]
+        parts = msg.get_payload()
+        html_part = parts[1] if isinstance(parts, list) else None
+        assert isinstance(html_part, EmailMessage)
         for attachment in inline:
             _add_file(html_part, attachment, related=True)
     for attachment in files:

@@ -107,10 +107,9 @@ def is_delivery_report(msg: Message) -> bool:
             return True
         payload = msg.get_payload()
         return isinstance(payload, list) and any(
-            isinstance(p, Message) and p.get_content_type() in _DELIVERY_STATUS
-            for p in payload
+            isinstance(p, Message) and p.get_content_type() in _DELIVERY_STATUS for p in payload
         )
-    except Exception:  # noqa: BLE001 - a broken Content-Type is simply not a report
+    except Exception:  # a broken Content-Type is simply not a report
         return False
 
 
@@ -209,13 +208,13 @@ def parse_dsn(msg: Message | bytes, warnings: list[str] | None = None) -> Delive
                 if recipient is not None:
                     recipients.append(recipient)
             break
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         warnings.append(f"unreadable delivery-status part ({type(exc).__name__})")
     if not recipients:
         warnings.append("delivery report without a readable recipient status")
     try:
         original = _original_id(msg)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         warnings.append(f"unreadable returned message ({type(exc).__name__})")
         original = None
     if original is None:

@@ -15,7 +15,9 @@ import email.utils
 import mimetypes
 import re
 from collections.abc import Iterable
+from email.headerregistry import AddressHeader
 from email.message import Message
+from typing import cast
 
 #: Above this many characters an address header is split by the fast stdlib routine
 #: instead of the full RFC 5322 parser, which needs about a second for 5,000 addresses.
@@ -66,13 +68,18 @@ def decode_bytes(data: bytes, charset: str | None, warnings: list[str], what: st
     return data.decode("latin-1").replace("\x00", "")
 
 
-def raw_header(msg: Message, name: str) -> str | None:
-    """The first ``name`` header exactly as received, unfolded, without any parsing."""
+def _raw(msg: Message, name: str) -> str | None:
     wanted = name.lower()
     for key, value in msg.raw_items():
         if key.lower() == wanted:
             return _FOLD.sub(" ", str(value)).strip()
     return None
+
+
+def raw_header(msg: Message, name: str) -> str | None:
+    """The first ``name`` header as received, unfolded, not decoded (8-bit bytes are)."""
+    value = _raw(msg, name)
+    return None if value is None else clean_text(value)
 
 
 def decode_words(value: str) -> str:
@@ -81,7 +88,7 @@ def decode_words(value: str) -> str:
         return clean_text(value)
     try:
         parts = email.header.decode_header(value)
-    except (ValueError, LookupError, AssertionError, IndexError):
+    except Exception:  # HeaderParseError, binascii.Error, LookupError, ...
         return clean_text(value)
     out: list[str] = []
     for chunk, charset in parts:
@@ -96,13 +103,13 @@ def header_text(msg: Message, name: str, warnings: list[str]) -> str | None:
     """The first ``name`` header decoded (RFC 2047), or ``None`` if there is none."""
     try:
         value = msg.get(name)
-    except Exception as exc:  # noqa: BLE001 - the header parser has raised on odd input
+    except Exception as exc:  # the header parser has raised on odd input
         warnings.append(f"unreadable {name} header ({type(exc).__name__})")
         raw = raw_header(msg, name)
         return None if raw is None else decode_words(raw)
     if value is None:
         return None
-    raw = raw_header(msg, name)
+    raw = _raw(msg, name)
     if raw is not None and _SURROGATE.search(raw):
         # Raw 8-bit in a header (RFC 6532 or just careless): the header parser would turn
         # it into U+FFFD; decode it as UTF-8 or Windows-1252 instead.
@@ -133,8 +140,9 @@ def address_list(msg: Message, name: str, warnings: list[str]) -> list[tuple[str
         if sum(len(v) for v in values) > _LONG_ADDRESS_HEADER:
             raise ValueError("long header")
         parsed = msg.get_all(name) or []
-        pairs = [(a.display_name, a.addr_spec) for h in parsed for a in h.addresses]
-    except Exception:  # noqa: BLE001 - fall back to the lenient stdlib splitter
+        headers = [cast(AddressHeader, h) for h in parsed]
+        pairs = [(a.display_name, a.addr_spec) for h in headers for a in h.addresses]
+    except Exception:  # fall back to the lenient stdlib splitter
         pairs = [
             (decode_words(n), a)
             for n, a in email.utils.getaddresses([decode_words(v) for v in values])
@@ -182,5 +190,5 @@ def safe_filename(name: str | None, content_type: str, index: int, *, inline: bo
         name = f"{'inline' if inline else 'attachment'}-{index}{ext}"
     if len(name) > 200:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: 190] + dot + ext[:9]) if dot and len(ext) < 10 else name[:200]
+        name = (stem[:190] + dot + ext[:9]) if dot and len(ext) < 10 else name[:200]
     return name

@@ -26,7 +26,8 @@ The decisions, which ingestion and the outbox rely on:
   ``Precedence: bulk/list/junk``, ``X-Autoreply``/``X-Autorespond``, a null
   ``Return-Path`` and delivery reports: automations must never answer those.
 - ``thread_key`` is provisional (ids only, as if the store knew nothing); ingestion
-  recomputes it from :attr:`ParsedEmail.thread` with ``threading.assign_thread``.
+  recomputes it from :attr:`ParsedEmail.thread` with ``threading.assign_thread``. A
+  delivery report counts as a reply to the message that bounced, so it joins that thread.
 """
 
 from __future__ import annotations
@@ -158,10 +159,37 @@ def parse_message(
     and ``data`` holds the address lists, threading ids, the auto-submitted flag and
     the parse warnings. See the module docstring for the decisions. Never raises.
     """
+    try:
+        return _parse(raw, our_addresses, folder_is_sent, received_at)
+    except Exception as exc:
+        # Each step tolerates what real mail does; this is the net for what fuzzing
+        # may still find: keep the message (raw bytes stay with the caller), flag it.
+        warning = f"unparseable message ({type(exc).__name__})"
+        message_id = f"<{hashlib.sha256(raw).hexdigest()}@commhub.invalid>"
+        direction = Direction.OUTBOUND if folder_is_sent else Direction.INBOUND
+        event = Event(
+            channel=Channel.EMAIL,
+            kind=Kind.MESSAGE,
+            direction=direction,
+            occurred_at=received_at or utcnow(),
+            external_id=message_id,
+            status="sent" if folder_is_sent else "received",
+            thread_key=message_id,
+            data={"message_id": message_id, "warnings": [warning], "unparseable": True},
+        )
+        return ParsedEmail(event, ThreadRef(message_id), None, (warning,))
+
+
+def _parse(
+    raw: bytes,
+    our_addresses: Collection[str],
+    folder_is_sent: bool,
+    received_at: datetime | None,
+) -> ParsedEmail:
     warnings: list[str] = []
     try:
         msg: Message = BytesParser(policy=policy.default).parsebytes(raw)
-    except Exception as exc:  # noqa: BLE001 - the feed parser is lenient; be safe anyway
+    except Exception as exc:  # the feed parser is lenient; be safe anyway
         warnings.append(f"unparseable message ({type(exc).__name__})")
         msg = Message(policy=policy.default)
     if len(msg.defects) > 0:
@@ -182,7 +210,7 @@ def parse_message(
     }
     names = {addr: display for pairs in lists.values() for display, addr in pairs if display}
     addrs = {name: [addr for _, addr in pairs] for name, pairs in lists.items()}
-    from_addr = (addrs["From"] or addrs["Sender"] or [None])[0]
+    from_addr = next(iter(addrs["From"] or addrs["Sender"]), None)
     if from_addr is None:
         warnings.append("no From address")
 
@@ -203,16 +231,17 @@ def parse_message(
     body = read_body(msg, warnings, report=is_report)
     auto_reason = _auto_submitted(msg, is_report)
 
-    outbound = folder_is_sent or (
-        from_addr is not None and is_ours(from_addr, our_addresses)
-    )
+    outbound = folder_is_sent or (from_addr is not None and is_ours(from_addr, our_addresses))
     to_cc = [*addrs["To"], *addrs["Cc"]]
     participants = frozenset(
         a.casefold() for a in (*addrs["From"], *to_cc) if not is_ours(a, our_addresses)
     )
+    parent = in_reply_to[:1]
+    if not parent and report is not None and report.original_message_id:
+        parent = [report.original_message_id]  # a bounce sits in the thread it concerns
     thread = ThreadRef(
         message_id=message_id,
-        in_reply_to=tuple(in_reply_to[:1]),
+        in_reply_to=tuple(parent),
         references=tuple(references),
         subject=subject,
         participants=participants,
@@ -250,11 +279,11 @@ def parse_message(
     elif outbound:
         direction, status = Direction.OUTBOUND, "sent"
         recipient = _email(
-            _first([*to_cc, *addrs["Bcc"]], False, our_addresses) or (to_cc or [None])[0]
+            _first([*to_cc, *addrs["Bcc"]], False, our_addresses) or next(iter(to_cc), None)
         )
     else:
         direction = Direction.INBOUND
-        recipient = _email(_first(to_cc, True, our_addresses) or (to_cc or [None])[0])
+        recipient = _email(_first(to_cc, True, our_addresses) or next(iter(to_cc), None))
 
     event = Event(
         channel=Channel.EMAIL,

@@ -149,4 +149,3 @@ def remember(table: dict[str, str], decision: ThreadDecision) -> None:
         table.setdefault(message_id, decision.key)
     if decision.subject_key is not None:
         table[decision.subject_key] = decision.key
-

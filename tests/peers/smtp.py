@@ -9,11 +9,13 @@ offers AUTH PLAIN/LOGIN and accepts only the peer's username and password.
 
 The handler records every message it accepts and can be told to answer the next RCPT or
 DATA with a given reply (``fail_next("data", "451 4.3.0 Try again later")``) to exercise
-transient and permanent failures.
+transient and permanent failures, or to answer DATA late (``hang_next_data``) so the
+client gives up waiting although the message is accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import shutil
@@ -50,6 +52,7 @@ class RecordingHandler:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._failures: collections.deque[tuple[Stage, str]] = collections.deque()
+        self._hang = 0.0
 
     def fail_next(self, stage: Stage, reply: str, times: int = 1) -> None:
         """Answer the next ``times`` RCPT (per recipient) or DATA commands with ``reply``."""
@@ -57,13 +60,18 @@ class RecordingHandler:
             for _ in range(times):
                 self._failures.append((stage, reply))
 
+    def hang_next_data(self, seconds: float) -> None:
+        """Take the next message but answer DATA only after ``seconds``: a lost reply."""
+        with self._lock:
+            self._hang = seconds
+
     def _take_failure(self, stage: Stage) -> str | None:
         with self._lock:
             if self._failures and self._failures[0][0] == stage:
                 return self._failures.popleft()[1]
         return None
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(  # aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         failure = self._take_failure("rcpt")
@@ -72,7 +80,7 @@ class RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(  # aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any
     ) -> str:
         failure = self._take_failure("data")
@@ -82,12 +90,18 @@ class RecordingHandler:
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             content=bytes(envelope.original_content or envelope.content),
-            tls=session.ssl is not None,
+            # session.ssl is set by STARTTLS; implicit TLS shows on the transport.
+            tls=session.ssl is not None
+            or server.transport.get_extra_info("sslcontext") is not None,
             authenticated=bool(session.authenticated),
         )
         with self._lock:
             self.messages.append(received)
-        return f"250 2.0.0 Ok: queued as Q{len(self.messages)}"
+            queued = len(self.messages)
+            hang, self._hang = self._hang, 0.0
+        if hang:
+            await asyncio.sleep(hang)
+        return f"250 2.0.0 Ok: queued as Q{queued}"
 
 
 @dataclasses.dataclass
@@ -115,9 +129,26 @@ class SmtpPeer:
 def _make_cert(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
         check=True,
         capture_output=True,
         timeout=30,
