@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--team")
     add.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
 
+    mail = sub.add_parser("mail", help="email channel tools")
+    mail_sub = mail.add_subparsers(dest="mail_command", required=True, metavar="ACTION")
+    mail_sub.add_parser("sync", help="sync the IMAP folders once, with progress, and exit")
+
     replay = sub.add_parser(
         "replay", help="send a recorded provider payload, signed, to a running hub"
     )
@@ -238,6 +242,35 @@ def _demo(args: argparse.Namespace) -> None:
     _serve(settings, args.host, args.port, workers=True)
 
 
+async def _mail_sync(settings: Settings) -> None:
+    from channels.email.imap import ImapConfig
+    from hub.email_ingest import MailIngest
+    from hub.services import Services
+    from timeline.migrate import upgrade
+
+    if not settings.channel_enabled("imap"):
+        raise UsageError("the imap channel is off: set IMAP_HOST, IMAP_USERNAME, IMAP_PASSWORD")
+    services = Services.build(settings)
+    await upgrade(services.db)
+    totals: dict[str, int] = {}
+
+    def progress(folder: str, fetched: int, created: int) -> None:
+        totals[folder] = totals.get(folder, 0) + fetched
+        print(
+            f"  {folder}: {totals[folder]} messages read, {created} new in this batch", flush=True
+        )
+
+    ingest = MailIngest(services, progress=progress)
+    print(f"syncing the last {settings.imap_sync_days} days of mail ...", flush=True)
+    try:
+        results = await ingest.sync_once(ImapConfig.from_settings(settings))
+    finally:
+        await services.close()
+    for result in results:
+        print(f"{result.folder}: {result.fetched} fetched{' (resync)' if result.resync else ''}")
+    print(f"{ingest.stored} new messages stored")
+
+
 def _replay(settings: Settings, fixture: str, url: str) -> int:
     """POST a recorded payload, signed as its provider would sign it; 0 if answered 2xx."""
     import hashlib
@@ -301,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             where = asyncio.run(_migrate(settings))
             print(f"database is up to date ({where})")
+        elif args.command == "mail":
+            asyncio.run(_mail_sync(settings))
         elif args.command == "replay":
             return _replay(settings, args.fixture, args.url)
         elif args.command == "worker":

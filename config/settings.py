@@ -51,6 +51,17 @@ class Settings:
     twilio_sms_rate: float = 1.0
     twilio_help_text: str = "Reply STOP to stop messages, START to get them again."
     twilio_sandbox: bool = False
+    twilio_voice_route: str = "clients"
+    twilio_voice_clients: tuple[str, ...] = ()
+    twilio_voice_agent_numbers: tuple[str, ...] = ()
+    twilio_voice_queue: str = "support"
+    twilio_voice_greeting: str | None = None
+    twilio_voice_record: bool = False
+    twilio_voice_timeout: int = 20
+    twilio_voicemail_prompt: str = (
+        "Sorry, nobody can take your call right now. Please leave a message after the tone."
+    )
+    twilio_agent_phone: str | None = None
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None
@@ -63,6 +74,7 @@ class Settings:
     imap_password: str | None = dataclasses.field(default=None, repr=False)
     imap_security: str = "tls"
     imap_mailboxes: tuple[str, ...] = ("INBOX",)
+    imap_sync_days: int = 30
     caldav_url: str | None = None
     caldav_username: str | None = None
     caldav_password: str | None = dataclasses.field(default=None, repr=False)
@@ -164,6 +176,15 @@ def _read_file(path: str) -> dict[str, object]:
     return flat
 
 
+def _is_e164(number: str) -> bool:
+    if not number.startswith("+"):
+        return False
+    try:
+        return phonenumbers.is_possible_number(phonenumbers.parse(number, None))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 def _validate(values: dict[str, Any], given: set[str]) -> None:
     region = values["default_region"].upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
@@ -192,6 +213,18 @@ def _validate(values: dict[str, Any], given: set[str]) -> None:
             ) from None
         if not phonenumbers.is_possible_number(parsed):
             raise SettingsError("TWILIO_NUMBERS", "each number must be E.164 (+14155550100)")
+    for key, numbers in (
+        ("TWILIO_VOICE_AGENT_NUMBERS", values["twilio_voice_agent_numbers"]),
+        (
+            "TWILIO_AGENT_PHONE",
+            [values["twilio_agent_phone"]] if values["twilio_agent_phone"] else [],
+        ),
+    ):
+        for number in numbers:
+            if not _is_e164(number):
+                raise SettingsError(key, "each number must be E.164 (+14155550100)")
+    if not 5 <= values["twilio_voice_timeout"] <= 600:
+        raise SettingsError("TWILIO_VOICE_TIMEOUT", "must be between 5 and 600 seconds")
     for group, keys in CHANNEL_GROUPS.items():
         present = [k for k in keys if values.get(BY_ENV[k].attr)]
         if present and len(present) < len(keys):

@@ -263,8 +263,9 @@ class MessageIn(_In):
 
     customer_id: str = Field(min_length=1, max_length=64)
     channel: Literal["sms", "email"]
-    text: str = Field(min_length=1, max_length=1600)
+    text: str = Field(min_length=1, max_length=100_000)
     subject: str | None = Field(default=None, max_length=998)
     html: str | None = Field(default=None, max_length=1_000_000)
     reply_to: str | None = Field(default=None, max_length=64)
     purpose: Literal["transactional", "marketing"] = "transactional"
+    attachments: list[str] = Field(default_factory=list, max_length=20)

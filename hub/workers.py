@@ -67,6 +67,7 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
     jobs: dict[str, tuple[Job, float]] = {}
     loops: dict[str, Loop] = {}
     if services.twilio is not None:
+        from hub.media import MEDIA_EVERY, fetch_media
         from hub.sms_reconcile import Reconciler
         from hub.sms_sender import SmsSender
 
@@ -78,6 +79,7 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
             await reconciler.run_once()
 
         jobs["sms-reconcile"] = (reconcile, RECONCILE_EVERY)
+        jobs["mms-media"] = (fetch_media, MEDIA_EVERY)
     return jobs, loops
 
 

@@ -199,3 +199,64 @@ api_tokens = sa.Table(
     sa.Column("last_used_at", UTCDateTime),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+#: Calls in progress (``timeline.calls``): one row per call leg, keyed by the provider's
+#: CallSid; a dialled leg names its parent. The call's record is its event; this is the
+#: live state agents see (ringing, in progress, who answered), so a refreshed console or
+#: a restarted hub still knows it. A row is closed (``ended_at``) when its call ends, and
+#: goes with its event (erasure).
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("call_sid", sa.String(64), primary_key=True),
+    sa.Column("parent_sid", sa.String(64)),
+    sa.Column("event_id", ID, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("direction", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("caller", sa.String(320)),
+    sa.Column("callee", sa.String(320)),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("answered_at", UTCDateTime),
+    sa.Column("answered_by", sa.String(320)),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_calls_parent", "parent_sid"),
+    sa.Index("ix_calls_event", "event_id"),
+    sa.Index(
+        "ix_calls_open",
+        "started_at",
+        sqlite_where=sa.text("ended_at IS NULL AND parent_sid IS NULL"),
+        postgresql_where=sa.text("ended_at IS NULL AND parent_sid IS NULL"),
+    ),
+)
+
+# -- email (migration 0002)
+
+mail_checkpoints = sa.Table(
+    "mail_checkpoints",
+    metadata,
+    sa.Column("folder", sa.String(512), primary_key=True),
+    sa.Column("uidvalidity", sa.BigInteger, nullable=False),
+    sa.Column("last_uid", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: Message-IDs (and subject keys) to the thread they belong to (RFC 5322 3.6.4 threading).
+thread_keys = sa.Table(
+    "thread_keys",
+    metadata,
+    sa.Column("key", sa.String(998), primary_key=True),
+    sa.Column("thread_key", sa.String(998), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: Addresses mail cannot be delivered to (after a hard bounce, RFC 3463 5.x.x).
+bounces = sa.Table(
+    "bounces",
+    metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("hard", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16)),
+    sa.Column("event_id", ID),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

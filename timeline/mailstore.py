@@ -1,0 +1,122 @@
+"""What the email channel keeps besides events: folder checkpoints, thread keys, bounces.
+
+- A checkpoint per IMAP folder: its UIDVALIDITY and the last UID stored (RFC 4549 4.1:
+  a new UIDVALIDITY voids the cached UIDs).
+- Thread keys: each Message-ID (and subject key) maps to its thread; a new id is added
+  only if absent, never overwritten, and a subject key points at its newest thread.
+- Bounced addresses: a hard bounce (5.x.x, RFC 3463) makes an address undeliverable
+  until mail from it arrives again; a soft one (4.x.x) is remembered but does not block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.events import utcnow
+from timeline.records import iso
+from timeline.schema import bounces, mail_checkpoints, thread_keys
+from timeline.sql import chunks, insert_ignoring
+
+
+async def load_checkpoint(conn: AsyncConnection, folder: str) -> tuple[int, int] | None:
+    """(uidvalidity, last_uid) of a folder, if it was read before."""
+    row = (
+        await conn.execute(
+            sa.select(mail_checkpoints.c.uidvalidity, mail_checkpoints.c.last_uid).where(
+                mail_checkpoints.c.folder == folder
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (int(row.uidvalidity), int(row.last_uid))
+
+
+async def save_checkpoint(
+    conn: AsyncConnection, folder: str, uidvalidity: int, last_uid: int
+) -> None:
+    """Record how far a folder is read."""
+    values = {"uidvalidity": uidvalidity, "last_uid": last_uid, "updated_at": utcnow()}
+    result = await conn.execute(
+        mail_checkpoints.update().where(mail_checkpoints.c.folder == folder).values(**values)
+    )
+    if result.rowcount == 0:
+        await conn.execute(mail_checkpoints.insert().values(folder=folder, **values))
+
+
+async def known_threads(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
+    """The thread keys of those ``keys`` (Message-IDs or subject keys) that are known."""
+    found: dict[str, str] = {}
+    for part in chunks(list(keys)):
+        rows = await conn.execute(
+            sa.select(thread_keys.c.key, thread_keys.c.thread_key).where(
+                thread_keys.c.key.in_(part)
+            )
+        )
+        found.update({k: t for k, t in rows})
+    return found
+
+
+async def remember_thread(
+    conn: AsyncConnection, thread_key: str, new_ids: Sequence[str], subject_key: str | None
+) -> None:
+    """Store a threading decision: new ids if absent, the subject key replaced."""
+    now = utcnow()
+    if new_ids:
+        await conn.execute(
+            insert_ignoring(conn, thread_keys, ["key"]),
+            [{"key": i, "thread_key": thread_key, "updated_at": now} for i in new_ids],
+        )
+    if subject_key:
+        result = await conn.execute(
+            thread_keys.update()
+            .where(thread_keys.c.key == subject_key)
+            .values(thread_key=thread_key, updated_at=now)
+        )
+        if result.rowcount == 0:
+            await conn.execute(
+                insert_ignoring(conn, thread_keys, ["key"]).values(
+                    key=subject_key, thread_key=thread_key, updated_at=now
+                )
+            )
+
+
+async def record_bounce(
+    conn: AsyncConnection,
+    address: str,
+    *,
+    hard: bool,
+    status: str | None,
+    event_id: str | None,
+    at: datetime | None = None,
+) -> None:
+    """Remember a bounce; a soft one never downgrades a recorded hard one."""
+    when = at or utcnow()
+    row = (
+        await conn.execute(sa.select(bounces.c.hard).where(bounces.c.address == address))
+    ).one_or_none()
+    values = {"hard": hard, "status": status, "event_id": event_id, "updated_at": when}
+    if row is None:
+        await conn.execute(bounces.insert().values(address=address, **values))
+    elif hard or not row.hard:
+        await conn.execute(bounces.update().where(bounces.c.address == address).values(**values))
+
+
+async def clear_bounce(conn: AsyncConnection, address: str) -> None:
+    """Mail from the address arrived: it works again."""
+    await conn.execute(bounces.delete().where(bounces.c.address == address))
+
+
+async def undeliverable(conn: AsyncConnection, address: str) -> dict[str, Any] | None:
+    """Why mail to ``address`` must not be sent (a hard bounce), or None."""
+    row = (
+        (await conn.execute(sa.select(bounces).where(bounces.c.address == address)))
+        .mappings()
+        .one_or_none()
+    )
+    if row is None or not row["hard"]:
+        return None
+    return {"address": address, "status": row["status"], "since": iso(row["updated_at"])}
