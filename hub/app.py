@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config import Settings
-from hub import openapi, twilio_webhooks
-from hub.api import customers, health, messages, privacy, stream, timeline
+from hub import openapi, twilio_webhooks, voice
+from hub.api import calls, customers, health, messages, privacy, stream, timeline
 from hub.errors import error_body
-from hub.routing import Endpoint, to_route
+from hub.routing import Endpoint, to_routes
 from hub.services import Services
 from hub.workers import Workers
 from timeline import migrate
@@ -38,6 +38,7 @@ ENDPOINTS: list[Endpoint] = [
     *privacy.ENDPOINTS,
     *messages.ENDPOINTS,
     *stream.ENDPOINTS,
+    *calls.ENDPOINTS,
 ]
 
 
@@ -111,11 +112,21 @@ def create_app(
     """The hub as an ASGI app; its lifespan migrates, starts workers and cleans up."""
     services = Services.build(settings, db)
     schema_cache: dict[str, Any] = {}
+    webhook_routes: list[BaseRoute] = [*twilio_webhooks.ROUTES, *voice.ROUTES]
 
     async def openapi_json(request: Request) -> Response:
         if not schema_cache:
             schema_cache.update(
-                openapi.build(ENDPOINTS, version=version(), server_url=settings.public_url)
+                openapi.build(
+                    ENDPOINTS,
+                    version=version(),
+                    server_url=settings.public_url,
+                    webhooks=[
+                        (r.path, (r.endpoint.__doc__ or r.path).strip().splitlines()[0])
+                        for r in webhook_routes
+                        if isinstance(r, Route)
+                    ],
+                )
             )
         return JSONResponse(schema_cache)
 
@@ -141,8 +152,8 @@ def create_app(
         Route("/", index, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
-    routes += [to_route(ep, _services) for ep in ENDPOINTS]
-    routes += twilio_webhooks.ROUTES
+    routes += to_routes(ENDPOINTS, _services)
+    routes += webhook_routes
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

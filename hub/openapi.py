@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -9,7 +10,7 @@ from pydantic import BaseModel
 from hub.routing import Endpoint
 
 _MEDIA = {
-    "binary": ("application/octet-stream", {"type": "string", "format": "binary"}),
+    "binary": ("*/*", {"type": "string", "format": "binary"}),
     "event-stream": ("text/event-stream", {"type": "string"}),
 }
 
@@ -24,10 +25,53 @@ def _schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str,
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def build(endpoints: list[Endpoint], *, version: str, server_url: str) -> dict[str, Any]:
-    """The OpenAPI document for these endpoints."""
+def _webhook(summary: str) -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {
+        "summary": summary,
+        "tags": ["webhooks"],
+        "description": "Called by the provider, authenticated by its signature "
+        "(X-Twilio-Signature over HUB_PUBLIC_URL + path + query), not by a bearer token.",
+        "security": [],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "stored (TwiML answer, or empty for callbacks)",
+                "content": {"text/xml": {"schema": {"type": "string"}}, "text/plain": {}},
+            },
+            "400": {"description": "a malformed payload", "content": error},
+            "403": {"description": "a missing or wrong signature", "content": error},
+            "404": {"description": "the channel is off", "content": error},
+            "413": {"description": "a body over the webhook limit", "content": error},
+        },
+    }
+
+
+def build(
+    endpoints: list[Endpoint],
+    *,
+    version: str,
+    server_url: str,
+    webhooks: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """The OpenAPI document for these endpoints and provider webhooks (path, summary)."""
     components: dict[str, Any] = {}
-    paths: dict[str, Any] = {}
+    paths: dict[str, Any] = {
+        path: {
+            "post": {
+                **_webhook(summary),
+                "operationId": "webhook_" + path.strip("/").replace("/", "_"),
+            }
+        }
+        for path, summary in webhooks
+    }
     for ep in endpoints:
         op: dict[str, Any] = {
             "summary": ep.summary,
@@ -62,6 +106,10 @@ def build(endpoints: list[Endpoint], *, version: str, server_url: str) -> dict[s
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 }
             )
+            op["responses"]["400"] = {
+                "description": "malformed JSON, or an Idempotency-Key that is empty or too long",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
             op["responses"]["422"] = {
                 "description": "an invalid field, or an Idempotency-Key reused with "
                 "another request",

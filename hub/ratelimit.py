@@ -20,11 +20,10 @@ class Spacer:
 
     async def acquire(self, key: str) -> None:
         """Wait for this key's next slot."""
-        if self.rate <= 0:
-            return
         now = time.monotonic()
         slot = max(now, self._next.get(key, now))
-        self._next[key] = slot + 1.0 / self.rate
+        if self.rate > 0:
+            self._next[key] = slot + 1.0 / self.rate
         if slot > now:
             await asyncio.sleep(slot - now)
 

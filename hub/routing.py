@@ -26,6 +26,7 @@ from hub.errors import ApiError, answer_for
 from timeline import idempotency
 from timeline.errors import TimelineError
 from timeline.idempotency import Answer, AnswerError
+from timeline.store import BadCursor
 
 if TYPE_CHECKING:
     from hub.services import Services
@@ -175,8 +176,10 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
-def to_route(endpoint: Endpoint, services_of: Callable[[Request], Services]) -> Route:
-    """The Starlette route that authenticates, checks the role and calls the handler."""
+def to_route(
+    endpoint: Endpoint, services_of: Callable[[Request], Services]
+) -> Callable[[Request], Awaitable[Response]]:
+    """The request handler that authenticates, checks the role and calls the handler."""
 
     async def call(request: Request) -> Response:
         services = services_of(request)
@@ -189,10 +192,29 @@ def to_route(endpoint: Endpoint, services_of: Callable[[Request], Services]) -> 
                         403, "forbidden", f"this needs the {endpoint.role} role or above"
                     )
             return await endpoint.handler(Ctx(request, services, agent))
-        except (TimelineError, AnswerError) as exc:
+        except (TimelineError, AnswerError, BadCursor) as exc:
             answer = answer_for(exc)
             assert answer is not None
             return json_answer(answer)
 
     call.__name__ = endpoint.handler.__name__
-    return Route(endpoint.path, call, methods=[endpoint.method])
+    return call
+
+
+def to_routes(endpoints: list[Endpoint], services_of: Callable[[Request], Services]) -> list[Route]:
+    """One route per path, dispatching by method, so a 405 lists every allowed method."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for endpoint in endpoints:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = to_route(endpoint, services_of)
+    routes = []
+    for path, handlers in by_path.items():
+
+        async def dispatch(
+            request: Request,
+            handlers: dict[str, Callable[[Request], Awaitable[Response]]] = handlers,
+        ) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await handlers[method](request)
+
+        routes.append(Route(path, dispatch, methods=list(handlers)))
+    return routes

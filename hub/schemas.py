@@ -269,3 +269,35 @@ class MessageIn(_In):
     reply_to: str | None = Field(default=None, max_length=64)
     purpose: Literal["transactional", "marketing"] = "transactional"
     attachments: list[str] = Field(default_factory=list, max_length=20)
+
+
+class CallIn(_In):
+    """A click-to-call: the agent's phone rings first, then the customer's."""
+
+    customer_id: str = Field(min_length=1, max_length=64)
+    agent_phone: str | None = Field(default=None, min_length=3, max_length=32)
+
+
+class CallOut(BaseModel):
+    """A call ringing or in progress (a screen pop without its timeline)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    call_id: str
+    external_id: str | None
+    state: Literal["ringing", "in-progress", "completed"]
+    status: str | None
+    direction: str
+    from_: str | None = Field(alias="from")
+    to: str | None
+    started_at: str
+    answered_by: str | None
+    missed: bool
+    customer: CustomerOut | None
+
+
+class CallList(BaseModel):
+    """Calls ringing or in progress, oldest first."""
+
+    items: list[CallOut]
+    next: str | None

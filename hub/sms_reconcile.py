@@ -18,7 +18,7 @@ it leaves an outbox row whose outcome is unknown. Three passes:
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -27,9 +27,11 @@ from channels.twilio.errors import ApiError
 from channels.twilio.parse import event_from_message
 from channels.twilio.records import MessageRecord
 from hub.services import Services
+from hub.sms_sender import retry_after_delivery_error
 from timeline import outbox
 from timeline.events import Channel, Direction, utcnow
 from timeline.ingest import advance, attach_external_id
+from timeline.outbox import OutboxItem
 from timeline.records import StoredEvent
 from timeline.schema import events
 from timeline.schema import outbox as outbox_table
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 OPEN_STATUSES = ("accepted", "queued", "sending", "sent")
 #: How long a message may wait for its final callback before we ask.
 CALLBACK_GRACE = timedelta(minutes=10)
+#: How long an unknown outcome waits for Twilio's list before the row may be sent again.
+UNKNOWN_GRACE = timedelta(minutes=2)
 #: How far back we look for messages whose callbacks never came.
 LOOKBACK = timedelta(days=3)
 
@@ -50,38 +54,39 @@ class Reconciler:
         self.services = services
         self.client = client
 
-    async def settle_unknown(self) -> int:
-        """Pass 1: settle outbox rows whose outcome is unknown; returns how many."""
+    async def settle_unknown(self, *, grace: timedelta = UNKNOWN_GRACE) -> int:
+        """Pass 1: settle outbox rows whose outcome is unknown; returns how many.
+
+        A row is sent again only if Twilio does not have the message and the row has
+        been unknown for longer than ``grace`` (Twilio's list is then complete for it).
+        """
         settled = 0
         for item in await outbox.unknown_rows(self.services.db, Channel.SMS.value):
             async with self.services.db.read() as conn:
-                created = (
+                row = (
                     await conn.execute(
-                        sa.select(outbox_table.c.created_at).where(outbox_table.c.id == item.id)
+                        sa.select(
+                            outbox_table.c.created_at,
+                            outbox_table.c.updated_at,
+                            events.c.external_id,
+                        )
+                        .join(events, events.c.id == outbox_table.c.event_id)
+                        .where(outbox_table.c.id == item.id)
                     )
-                ).scalar_one()
+                ).one()
             found: MessageRecord | None
             try:
-                if item.provider_id:
-                    found = await self.client.fetch_message(item.provider_id)
+                known_sid = item.provider_id or row.external_id
+                if known_sid:
+                    # A status callback (it carries our event id) may have told us the sid.
+                    found = await self.client.fetch_message(known_sid)
                 else:
-                    candidates = await self.client.list_messages(
-                        from_=item.payload["from"],
-                        to=item.payload["to"],
-                        sent_after=created - timedelta(minutes=5),
-                    )
-                    taken = await self._known_sids([c.sid for c in candidates])
-                    matches = [
-                        c
-                        for c in candidates
-                        if c.body == item.payload.get("body") and c.sid not in taken
-                    ]
-                    found = (
-                        min(matches, key=lambda c: c.date_created or created) if matches else None
-                    )
+                    found = await self._find_at_twilio(item, row.created_at)
             except ApiError as exc:
                 log.warning("reconciliation could not ask Twilio: %s", exc)
                 continue
+            if found is None and utcnow() - row.updated_at < grace:
+                continue  # not listed yet; ask again next round
             changed: StoredEvent | None = None
             async with self.services.db.write() as conn:
                 if found is None:
@@ -99,13 +104,31 @@ class Reconciler:
             settled += 1
         return settled
 
-    async def _known_sids(self, sids: list[str]) -> set[str]:
+    async def _find_at_twilio(self, item: OutboxItem, created: datetime) -> MessageRecord | None:
+        """The message Twilio holds for this row, looked up by numbers, time and body.
+
+        No DateSent filter: a message Twilio accepted but has not sent yet has none.
+        """
+        candidates = await self.client.list_messages(
+            from_=item.payload["from"], to=item.payload["to"], limit=200
+        )
+        earliest = created - timedelta(minutes=5)
+        recent = [c for c in candidates if c.date_created is None or c.date_created >= earliest]
+        taken = await self._sids_of_other_events([c.sid for c in recent], item.event_id)
+        matches = [c for c in recent if c.body == item.payload.get("body") and c.sid not in taken]
+        if not matches:
+            return None
+        return min(matches, key=lambda c: c.date_created or created)
+
+    async def _sids_of_other_events(self, sids: list[str], event_id: str) -> set[str]:
         if not sids:
             return set()
         async with self.services.db.read() as conn:
             rows = await conn.execute(
                 sa.select(events.c.external_id).where(
-                    events.c.channel == Channel.SMS.value, events.c.external_id.in_(sids)
+                    events.c.channel == Channel.SMS.value,
+                    events.c.external_id.in_(sids),
+                    events.c.id != event_id,
                 )
             )
             return {r for r in rows.scalars() if r}
@@ -138,6 +161,17 @@ class Reconciler:
         if not updates:
             return 0
         outcomes = await self.services.writer.submit(updates)
+        for update, outcome in zip(updates, outcomes, strict=True):
+            if outcome.kind == "updated" and outcome.event is not None:
+                code = update.data.get("ErrorCode")
+                requeued = await retry_after_delivery_error(
+                    self.services,
+                    outcome.event,
+                    update.external_id or "",
+                    code if isinstance(code, int) else None,
+                )
+                if requeued is not None:
+                    self.services.publisher.publish("timeline", requeued)
         return sum(1 for o in outcomes if o.kind == "updated")
 
     async def repair_inbound(self, *, since: timedelta = timedelta(days=1)) -> int:

@@ -27,12 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from channels.twilio.client import TwilioClient
-from channels.twilio.errors import ApiError, Outcome
+from channels.twilio.errors import ApiError, Outcome, classify
 from hub.ratelimit import Spacer
 from hub.services import Services
 from timeline import consent, outbox
 from timeline.events import Channel, utcnow
-from timeline.ingest import advance, attach_external_id, ingest_batch
+from timeline.ingest import advance, attach_external_id, ingest_batch, restart_delivery
 from timeline.outbox import OutboxItem
 from timeline.records import StoredEvent
 from timeline.schema import events
@@ -54,6 +54,41 @@ class _Result:
     code: int | None = None
     delay: timedelta | None = None
     opted_out: bool = False
+
+
+#: How often a delivery failure of each class is tried again (attempts in all).
+DELIVERY_RETRIES = {Outcome.RETRY_ONCE: 2, Outcome.BACK_OFF: 5}
+
+
+async def retry_after_delivery_error(
+    services: Services, event: StoredEvent, sid: str, code: int | None
+) -> StoredEvent | None:
+    """Schedule another attempt of a message the carrier failed retryably (30003, 30001...).
+
+    These codes arrive in ``undelivered``/``failed`` callbacks, after Twilio accepted the
+    message, so the send worker never saw them. Returns the re-queued event, or None when
+    the failure is final (permanent, or out of attempts).
+    """
+    outcome = classify(code, None)
+    limit = DELIVERY_RETRIES.get(outcome)
+    if limit is None or event.status not in ("undelivered", "failed"):
+        return None
+    async with services.db.write() as conn:
+        found = await outbox.sent_row_for(conn, event.id, sid)
+        if found is None or found[1] >= limit:
+            return None
+        row_id, attempts = found
+        delay = (
+            RETRY_ONCE_DELAY
+            if outcome is Outcome.RETRY_ONCE
+            else min(timedelta(seconds=2**attempts), MAX_BACKOFF)
+        )
+        await outbox.reopen(conn, row_id, f"delivery failed with {code}; trying again", delay)
+        requeued = await restart_delivery(
+            conn, event.id, {"external_id": sid, "status": event.status, "error_code": code}
+        )
+    log.info("message %s failed with %s: attempt %d scheduled", sid, code, attempts + 1)
+    return requeued
 
 
 class SmsSender:
@@ -106,8 +141,10 @@ class SmsSender:
             objection = objections[item.id]
             if objection is not None:
                 return _Result(item, customer_id, "skipped", error="opted out", code=None)
+            # The slot first: a backlog on one number must not hold send places
+            # another number could use.
+            await self.spacer.acquire(item.payload["from"])
             async with gate:
-                await self.spacer.acquire(item.payload["from"])
                 return await self._send(item, customer_id)
 
         results = await asyncio.gather(*(one(i) for i in items))

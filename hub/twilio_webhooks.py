@@ -27,6 +27,7 @@ from channels.twilio.errors import PayloadError
 from channels.twilio.forms import decode_form
 from hub.errors import error_body
 from hub.services import Services
+from hub.sms_sender import retry_after_delivery_error
 from timeline import consent, ingest
 from timeline.events import Channel, Event
 
@@ -88,7 +89,7 @@ async def _verified_form(
     else:
         try:
             form = decode_form(body)
-        except (UnicodeDecodeError, ValueError):
+        except (PayloadError, UnicodeDecodeError, ValueError):
             form = []
             ok = False
         else:
@@ -99,6 +100,11 @@ async def _verified_form(
     if content_type.startswith("application/json"):
         return None, _json_error(400, "bad_request", "expected a form body for this webhook")
     return form, None
+
+
+#: Public names for the other Twilio webhooks (``hub.voice``): the same functions.
+verified_form = _verified_form
+json_error = _json_error
 
 
 async def inbound_sms(request: Request) -> Response:
@@ -156,7 +162,16 @@ async def sms_status(request: Request) -> Response:
     if outcome.kind == "unknown":
         log.info("status callback for unknown message %s ignored", update.external_id)
     elif outcome.kind == "updated" and outcome.event is not None:
-        if update.data.get("ErrorCode") == 21610:
+        code = update.data.get("ErrorCode")
+        requeued = await retry_after_delivery_error(
+            services,
+            outcome.event,
+            update.external_id or "",
+            code if isinstance(code, int) else None,
+        )
+        if requeued is not None:
+            services.publisher.publish("timeline", requeued)
+        if code == 21610:
             await services.writer.submit(
                 [
                     consent.change(

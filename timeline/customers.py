@@ -63,13 +63,10 @@ async def create(
 async def _add_identities(conn: AsyncConnection, customer_id: str, ids: Iterable[Identity]) -> None:
     now = utcnow()
     for identity in dict.fromkeys(ids):
-        owner = await find(conn, identity)
-        if owner == customer_id:
-            continue
-        if owner is not None:
-            raise Conflict(f"{identity.kind} identity already belongs to customer {owner}")
+        # Insert-or-nothing, then look: a concurrent claim of the same identity is settled
+        # by the unique constraint, never by an unhandled IntegrityError.
         await conn.execute(
-            identities.insert().values(
+            insert_ignoring(conn, identities, ["kind", "value"]).values(
                 id=new_id(),
                 customer_id=customer_id,
                 kind=identity.kind.value,
@@ -77,6 +74,9 @@ async def _add_identities(conn: AsyncConnection, customer_id: str, ids: Iterable
                 created_at=now,
             )
         )
+        owner = await find(conn, identity)
+        if owner != customer_id:
+            raise Conflict(f"{identity.kind} identity already belongs to customer {owner}")
 
 
 async def find(conn: AsyncConnection, identity: Identity) -> str | None:
@@ -91,7 +91,8 @@ async def find(conn: AsyncConnection, identity: Identity) -> str | None:
 
 async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identity, str]:
     """Customer ids for normalized identities, creating a customer for each unknown one."""
-    wanted = list(dict.fromkeys(ids))
+    # A fixed order of inserts keeps concurrent batches from deadlocking on PostgreSQL.
+    wanted = sorted(dict.fromkeys(ids), key=lambda i: (i.kind.value, i.value))
     found: dict[Identity, str] = {}
     if not wanted:
         return found
@@ -256,12 +257,7 @@ async def update(
                 sa.select(customers.c.attributes).where(customers.c.id == customer_id)
             )
         ).scalar_one()
-        merged = dict(current or {})
-        for key, value in attributes.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
+        merged = merge_patch(current or {}, attributes)
         values["attributes"] = merged
     await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
     for identity in remove:
@@ -288,7 +284,7 @@ async def search(conn: AsyncConnection, q: str, *, limit: int, offset: int) -> l
         sa.func.lower(customers.c.name).like(pattern, escape="\\")
     )
     by_identity = sa.select(identities.c.customer_id).where(
-        identities.c.value.like(pattern, escape="\\")
+        sa.func.lower(identities.c.value).like(pattern, escape="\\")
     )
     by_text = matching_customer_ids(conn.dialect.name, q)
     ids = sa.union(by_name, by_identity, by_text).subquery()
@@ -316,6 +312,30 @@ async def recent(conn: AsyncConnection, *, limit: int, offset: int) -> list[str]
         .offset(offset)
     )
     return list((await conn.execute(query)).scalars())
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7396 JSON merge patch of objects: null deletes a key, objects merge deeply."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merge_patch(result[key], value)
+        elif isinstance(value, Mapping):
+            result[key] = merge_patch({}, value)
+        else:
+            result[key] = value
+    return result
+
+
+async def require_exists(conn: AsyncConnection, customer_id: str) -> None:
+    """NotFound unless the customer exists and is not erased (merged ones exist)."""
+    row = (
+        await conn.execute(sa.select(customers.c.erased_at).where(customers.c.id == customer_id))
+    ).one_or_none()
+    if row is None or row.erased_at is not None:
+        raise NotFound("customer", customer_id)
 
 
 def _escape_like(text: str) -> str:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline.db import Database
-from timeline.errors import IdempotencyMismatch
+from timeline.errors import IdempotencyMismatch, TimelineError
 from timeline.events import utcnow
 from timeline.schema import idempotency_keys
 from timeline.sql import insert_ignoring
@@ -105,17 +105,24 @@ async def run(
                 row = await _stored(conn, scope, key)
                 if row is not None:
                     return _replay(row, fp), True
-                try:
-                    answer = await operation(conn)
-                except AnswerError as exc:
-                    error = exc.answer
-                else:
-                    if not await _record(conn, scope, key, fp, answer):
-                        raise _Raced
-                    return answer, False
+                # An AnswerError leaves this block, so the transaction rolls back.
+                answer = await operation(conn)
+                if not await _record(conn, scope, key, fp, answer):
+                    raise _Raced
+                return answer, False
         except _Raced:
             continue
-        # The operation failed and its transaction rolled back: store the error alone.
+        except AnswerError as exc:
+            error = exc.answer
+        except (TimelineError, sa.exc.IntegrityError):
+            # A concurrent duplicate's effect collided with ours: if that request has
+            # stored its answer by now, this one is a replay of it.
+            async with db.read() as conn:
+                row = await _stored(conn, scope, key)
+            if row is None:
+                raise
+            return _replay(row, fp), True
+        # The operation failed and its effects are gone: store the error alone.
         async with db.write() as conn:
             if await _record(conn, scope, key, fp, error):
                 return error, False

@@ -250,7 +250,9 @@ async def ingest_batch(
         )
     inserted_ids: set[str] = set()
     if event_rows:
-        await conn.execute(insert_ignoring(conn, events, ["channel", "external_id"]), event_rows)
+        # Sorted by the unique key, so concurrent batches take their locks in one order.
+        ordered = sorted(event_rows, key=lambda r: (r["channel"], r["external_id"] or ""))
+        await conn.execute(insert_ignoring(conn, events, ["channel", "external_id"]), ordered)
         if conn.dialect.name == "sqlite":
             # Writers are serialized (BEGIN IMMEDIATE): nothing can have raced us.
             inserted_ids = {r["id"] for r in event_rows}
@@ -348,7 +350,16 @@ async def advance(
 async def attach_external_id(
     conn: AsyncConnection, event_id: str, channel: Channel | str, external_id: str
 ) -> bool:
-    """Give an event we made (an outbound message) the provider's id, once."""
+    """Give an event we made (an outbound message) the provider's id, once.
+
+    An id of an earlier, failed attempt (``data["previous_attempts"]``) is refused.
+    """
+    data = (
+        await conn.execute(sa.select(events.c.data).where(events.c.id == event_id))
+    ).scalar_one_or_none()
+    previous = {a.get("external_id") for a in (data or {}).get("previous_attempts", [])}
+    if external_id in previous:
+        return False
     result = await conn.execute(
         events.update()
         .where(
@@ -359,3 +370,24 @@ async def attach_external_id(
         .values(external_id=external_id, updated_at=utcnow())
     )
     return bool(result.rowcount == 1)
+
+
+async def restart_delivery(
+    conn: AsyncConnection, event_id: str, attempt: Mapping[str, Any]
+) -> StoredEvent:
+    """Put a failed outbound event back to ``queued`` for another attempt.
+
+    The one sanctioned step backwards: the provider's id and status of the failed
+    attempt move to ``data["previous_attempts"]``, so late callbacks for that attempt
+    are recognised and cannot claim the new one.
+    """
+    row = (await conn.execute(sa.select(events).where(events.c.id == event_id))).mappings().one()
+    data = dict(row["data"] or {})
+    data["previous_attempts"] = [*data.get("previous_attempts", []), dict(attempt)]
+    await conn.execute(
+        events.update()
+        .where(events.c.id == event_id)
+        .values(status="queued", external_id=None, data=data, updated_at=utcnow())
+    )
+    fresh = (await conn.execute(sa.select(events).where(events.c.id == event_id))).mappings().one()
+    return StoredEvent.from_row(fresh)

@@ -50,19 +50,31 @@ async def merge(
             await conn.execute(sa.select(consents).where(consents.c.customer_id == other_id))
         ).mappings()
     ]
-    target_keys = {
-        (r.channel, r.purpose)
-        for r in await conn.execute(
-            sa.select(consents.c.channel, consents.c.purpose).where(
-                consents.c.customer_id == target_id
-            )
-        )
+    target_consent = {
+        (r["channel"], r["purpose"]): dict(r)
+        for r in (
+            await conn.execute(sa.select(consents).where(consents.c.customer_id == target_id))
+        ).mappings()
     }
+    # The newer consent wins, as a later change always does (timeline.consent): a STOP
+    # sent from the other's number must survive the merge.
+    taken = [
+        c
+        for c in other_consent
+        if (c["channel"], c["purpose"]) not in target_consent
+        or c["updated_at"] > target_consent[(c["channel"], c["purpose"])]["updated_at"]
+    ]
+    replaced = [
+        target_consent[(c["channel"], c["purpose"])]
+        for c in taken
+        if (c["channel"], c["purpose"]) in target_consent
+    ]
     record: dict[str, Any] = {
         "identities": await _ids(conn, identities, other_id),
         "events": await _ids(conn, events, other_id),
         "documents": await _ids(conn, documents, other_id),
         "consent": [{**c, "updated_at": iso(c["updated_at"])} for c in other_consent],
+        "consent_replaced": [{**c, "updated_at": iso(c["updated_at"])} for c in replaced],
         "target_before": {
             "name": target["name"],
             "timezone": target["timezone"],
@@ -75,11 +87,17 @@ async def merge(
         await conn.execute(
             table.update().where(table.c.customer_id == other_id).values(customer_id=target_id)
         )
-    # The target's own consent wins where both have one; the other's is kept in the record.
     await conn.execute(consents.delete().where(consents.c.customer_id == other_id))
-    moved = [c for c in other_consent if (c["channel"], c["purpose"]) not in target_keys]
-    if moved:
-        await conn.execute(consents.insert(), [{**c, "customer_id": target_id} for c in moved])
+    for c in replaced:
+        await conn.execute(
+            consents.delete().where(
+                consents.c.customer_id == target_id,
+                consents.c.channel == c["channel"],
+                consents.c.purpose == c["purpose"],
+            )
+        )
+    if taken:
+        await conn.execute(consents.insert(), [{**c, "customer_id": target_id} for c in taken])
     now = utcnow()
     await conn.execute(
         customers.update()
@@ -157,6 +175,21 @@ async def unmerge(conn: AsyncConnection, merge_id: str) -> tuple[str, str]:
                 for c in record["consent"]
             ],
         )
+    if record.get("consent_replaced"):
+        for c in record["consent_replaced"]:
+            present = await conn.execute(
+                sa.select(consents.c.customer_id).where(
+                    consents.c.customer_id == target_id,
+                    consents.c.channel == c["channel"],
+                    consents.c.purpose == c["purpose"],
+                )
+            )
+            if present.first() is None:
+                await conn.execute(
+                    consents.insert().values(
+                        **{**c, "customer_id": target_id, "updated_at": from_iso(c["updated_at"])}
+                    )
+                )
     before = record["target_before"]
     await conn.execute(
         customers.update()

@@ -216,3 +216,37 @@ async def counts(db: Database) -> dict[str, int]:
             sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state)
         )
         return {state: int(n) for state, n in rows}
+
+
+async def reopen(conn: AsyncConnection, row_id: str, error: str, delay: timedelta) -> bool:
+    """Send a ``sent`` row again after ``delay``: the provider reported a retryable failure."""
+    result = await conn.execute(
+        outbox.update()
+        .where(outbox.c.id == row_id, outbox.c.state == SENT)
+        .values(
+            state=PENDING,
+            last_error=error,
+            not_before=utcnow() + delay,
+            provider_id=None,
+            claimed_at=None,
+            claimed_by=None,
+            updated_at=utcnow(),
+        )
+    )
+    return bool(result.rowcount == 1)
+
+
+async def sent_row_for(
+    conn: AsyncConnection, event_id: str, provider_id: str
+) -> tuple[str, int] | None:
+    """(row id, attempts) of the ``sent`` row of an event with this provider id."""
+    row = (
+        await conn.execute(
+            sa.select(outbox.c.id, outbox.c.attempts).where(
+                outbox.c.event_id == event_id,
+                outbox.c.state == SENT,
+                outbox.c.provider_id == provider_id,
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (row.id, int(row.attempts))

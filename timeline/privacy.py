@@ -25,6 +25,7 @@ from timeline.schema import (
     customers,
     documents,
     events,
+    idempotency_keys,
     identities,
     merges,
     outbox,
@@ -95,6 +96,12 @@ async def erase(conn: AsyncConnection, customer_id: str) -> list[str]:
     await conn.execute(
         merges.delete().where(
             sa.or_(merges.c.source_id == customer_id, merges.c.target_id == customer_id)
+        )
+    )
+    # Stored Idempotency-Key answers are copies of what we hold about the customer.
+    await conn.execute(
+        idempotency_keys.delete().where(
+            sa.cast(idempotency_keys.c.response, sa.Text).contains(customer_id)
         )
     )
     # Customers merged into this one were part of it: erase them too.

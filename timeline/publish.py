@@ -65,8 +65,9 @@ class Publisher:
     @staticmethod
     def _end(sub: Subscription) -> None:
         # Make room for the end marker so the reader's loop finishes.
-        with contextlib.suppress(asyncio.QueueEmpty):
-            sub.queue.get_nowait()
+        if sub.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                sub.queue.get_nowait()
         sub.queue.put_nowait(None)
 
     @contextlib.contextmanager

@@ -152,7 +152,7 @@ async def merge_customer(ctx: Ctx) -> Response:
 async def list_merges(ctx: Ctx) -> Response:
     """Merges into or out of a customer, newest first."""
     async with ctx.services.db.read() as conn:
-        await customer_ops.get(conn, ctx.path("id"))
+        await customer_ops.require_exists(conn, ctx.path("id"))
         items = await merge_ops.history(conn, ctx.path("id"))
     return JSONResponse({"items": items, "next": None})
 

@@ -48,7 +48,7 @@ async def get_timeline(ctx: Ctx) -> Response:
             q=request.query_params.get("q") or None,
         )
         if not items:
-            await customer_ops.get(conn, customer_id)  # 404 for an unknown customer
+            await customer_ops.require_exists(conn, customer_id)
     return JSONResponse({"items": [e.to_json() for e in items], "next": nxt})
 
 
@@ -192,7 +192,7 @@ async def download_document(ctx: Ctx) -> Response:
 async def list_documents(ctx: Ctx) -> Response:
     """A customer's documents, newest first."""
     async with ctx.services.db.read() as conn:
-        await customer_ops.get(conn, ctx.path("id"))
+        await customer_ops.require_exists(conn, ctx.path("id"))
         docs = await document_ops.for_customer(conn, ctx.path("id"))
     return JSONResponse({"items": [d.to_json() for d in docs], "next": None})
 

@@ -183,7 +183,9 @@ async def snapshot(db: Database, customer_ids: Iterable[str]) -> dict[str, list[
         column = table.c.id if table is customers else table.c.customer_id
         out[table.name] = await rows(db, table, column.in_(ids))
     out["outbox"] = await rows(
-        db, outbox, outbox.c.event_id.in_(sa.select(events.c.id).where(events.c.customer_id.in_(ids)))
+        db,
+        outbox,
+        outbox.c.event_id.in_(sa.select(events.c.id).where(events.c.customer_id.in_(ids))),
     )
     return out
 

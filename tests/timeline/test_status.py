@@ -84,7 +84,9 @@ SMS, SOCIAL, VOICE, EMAIL, CAL, NOTE = (
         ("voice", "completed", "ringing", False),
     ],
 )
-def test_advances(channel: Channel | str, current: str | None, new: str | None, expected: bool) -> None:
+def test_advances(
+    channel: Channel | str, current: str | None, new: str | None, expected: bool
+) -> None:
     assert advances(channel, current, new) is expected
 
 

@@ -27,13 +27,30 @@ that pair of numbers) make a create answer 400 with code 21610; ``DELETE
 create fail (429, 500, ...), if asked after the message was accepted.
 
 Customers' phones: :meth:`Sandbox.text_hub` or ``POST /sandbox/sms`` ``{"from", "to",
-"body", "media_urls"?}`` POSTs a signed inbound-SMS form, with Twilio's field set, to
-the hub's ``/webhooks/twilio/sms`` and delivers the ``<Message>`` replies of its TwiML.
-``GET /sandbox/phones/{number}/messages`` lists what a phone sent and received.
+"body", "media_urls"?, "media"?}`` POSTs a signed inbound-SMS form, with Twilio's field
+set, to the hub's ``/webhooks/twilio/sms`` and delivers the ``<Message>`` replies of its
+TwiML. ``GET /sandbox/phones/{number}/messages`` lists what a phone sent and received.
 
-Calls: create and fetch. A call goes initiated, ringing, in-progress, completed, with
-signed callbacks for the ``StatusCallbackEvent`` values asked for (default
-``completed``). The sandbox never fetches the call's TwiML ``Url``.
+MMS media (https://www.twilio.com/docs/messaging/api/media-resource): ``media_urls`` go
+into the form as given; each :class:`MediaFile` of ``media`` (bytes and content type,
+or only a type for a small generated PNG, JPEG, GIF or text) becomes a Media resource
+hosted by the sandbox at ``{base}/2010-04-01/Accounts/{AccountSid}/Messages/
+{MessageSid}/Media/{MediaSid}``, behind HTTP Basic auth as Twilio enforces for media
+URLs, with ``.json``, ``Media.json`` and ``DELETE`` as the REST API has them
+(``channels.twilio.sandbox.media``; ``Sandbox.media_redirect`` imitates the redirect to
+a CDN on another origin).
+
+Calls (``channels.twilio.sandbox.calls``): :meth:`Sandbox.call_hub` or ``POST
+/sandbox/calls`` ``{"from", "to", "answer"?, "voicemail"?}`` is a customer phoning our
+number: the signed incoming-call webhook goes to the hub's ``/webhooks/twilio/voice``
+and the sandbox runs the TwiML it answers (``<Dial>`` legs with ``ParentCallSid`` and
+their signed status callbacks, ``action`` requests, ``<Enqueue>``, ``<Record>`` with a
+generated WAV recording served behind Basic auth at its Twilio URL, transcription
+callbacks), then the number's status callback gets ``completed``. Calls can be created
+and fetched through the REST API; a created call goes initiated, ringing, in-progress,
+completed, with signed callbacks for the ``StatusCallbackEvent`` values asked for
+(default ``completed``), and runs its TwiML ``Url`` when that is the hub's (click-to-call);
+a ``To`` ending in 0008 is not answered, 0009 is busy.
 
 Serve it with ``async with run_sandbox(sandbox) as base_url: ...`` (uvicorn on a
 loopback port, in the running loop), or mount ``sandbox.app``. State lives in memory.
@@ -42,6 +59,17 @@ loopback port, in the running loop), or mount ``sandbox.app``. State lives in me
 from __future__ import annotations
 
 from channels.twilio.sandbox.app import CallbackRecord, Sandbox, TextResult, create_app
+from channels.twilio.sandbox.calls import CallResult
+from channels.twilio.sandbox.media import MediaFile
 from channels.twilio.sandbox.server import run_sandbox, serve
 
-__all__ = ["CallbackRecord", "Sandbox", "TextResult", "create_app", "run_sandbox", "serve"]
+__all__ = [
+    "CallResult",
+    "CallbackRecord",
+    "MediaFile",
+    "Sandbox",
+    "TextResult",
+    "create_app",
+    "run_sandbox",
+    "serve",
+]

@@ -24,21 +24,17 @@ from channels.twilio.errors import PayloadError
 from channels.twilio.forms import encode_form, form_items
 from channels.twilio.parse import consent_keyword
 from channels.twilio.sandbox import shapes
+from channels.twilio.sandbox.calls import CallResult, Voice
+from channels.twilio.sandbox.media import MediaFile, StoredMedia, media_path, media_routes, stored
 from channels.twilio.sandbox.phones import phone_routes
 from channels.twilio.sandbox.shapes import API_VERSION, E164, error_response, not_found
 from channels.twilio.signature import SIGNATURE_HEADER, sign
 
-__all__ = ["CallbackRecord", "Sandbox", "TextResult", "create_app"]
+__all__ = ["CallbackRecord", "MediaFile", "Sandbox", "TextResult", "create_app"]
 
 _log = logging.getLogger(__name__)
 
 _PREFIX = f"/{API_VERSION}/Accounts/{{account_sid}}"
-_CALL_STEPS = (
-    ("initiated", "initiated"),
-    ("ringing", "ringing"),
-    ("answered", "in-progress"),
-    ("completed", "completed"),
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,11 +49,15 @@ class CallbackRecord:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TextResult:
-    """What the hub answered when a customer texted it through the sandbox."""
+    """What the hub answered when a customer texted it through the sandbox.
+
+    ``media_urls`` are the form's ``MediaUrl{N}``, in order.
+    """
 
     sid: str
     status_code: int
     response_text: str
+    media_urls: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,7 +85,10 @@ class Sandbox:
     signatures. ``callback_delay`` is the pause before each status step;
     ``out_of_order`` sends a message's callbacks last first; ``drop_statuses`` are never
     called back (the resource still moves on, as when a callback is lost); ``numbers``,
-    when given, are the only senders allowed (else 21606). All may change while it runs.
+    when given, are the only senders allowed (else 21606). ``base_url`` is where the
+    sandbox itself is served, for the URLs of the media it hosts (``run_sandbox`` sets
+    it); ``media_redirect`` makes media GETs redirect there (``channels.twilio.sandbox.
+    media``). All may change while it runs.
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class Sandbox:
         drop_statuses: Collection[str] = (),
         numbers: Collection[str] = (),
         call_duration: int = 42,
+        base_url: str | None = None,
+        media_redirect: str | None = None,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -110,9 +115,13 @@ class Sandbox:
         self.drop_statuses = set(drop_statuses)
         self.numbers = set(numbers)
         self.call_duration = call_duration
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.media_redirect = media_redirect
         #: Message and Call resources by sid, as the REST API shows them, oldest first.
         self.messages: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
+        #: Media the sandbox hosts, by media sid, oldest first.
+        self.media: dict[str, StoredMedia] = {}
         #: Every callback POSTed, in the order sent.
         self.callbacks: list[CallbackRecord] = []
         self._pending: dict[str, _Pending] = {}
@@ -121,6 +130,8 @@ class Sandbox:
         self._injected: list[_Injected] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        #: Calls to the hub, TwiML, recordings (``channels.twilio.sandbox.calls``).
+        self.voice = Voice(self)
         self.app = self._build_app()
 
     # -- handles for the hub, the demo and tests ------------------------------------------
@@ -175,20 +186,35 @@ class Sandbox:
         ]
 
     async def text_hub(
-        self, from_: str, to: str, body: str, media_urls: Sequence[str] = ()
+        self,
+        from_: str,
+        to: str,
+        body: str,
+        media_urls: Sequence[str] = (),
+        *,
+        media: Sequence[MediaFile] = (),
     ) -> TextResult:
         """A customer at ``from_`` texts our number ``to``: POST the signed webhook.
 
         The form has the fields Twilio sends for an incoming SMS/MMS
-        (https://www.twilio.com/docs/messaging/guides/webhook-request). As Twilio does,
+        (https://www.twilio.com/docs/messaging/guides/webhook-request). ``media_urls``
+        go into it as given (content type guessed from the name); each of ``media``
+        becomes a Media resource hosted here, behind Basic auth, listed after them
+        (https://www.twilio.com/docs/messaging/api/media-resource). As Twilio does,
         STOP/START block/unblock this pair and get Twilio's auto-reply. The hub's TwiML
         ``<Message>`` replies are delivered to the phone. Raises ``httpx.HTTPError`` if
         the hub cannot be reached.
         """
-        sid = self._new_sid("MM" if media_urls else "SM")
-        resource = self._add_message(sid, from_, to, body, media_urls, "inbound", None)
+        if media and not self.base_url:
+            raise RuntimeError("hosting media needs base_url: serve with run_sandbox first")
+        sid = self._new_sid("MM" if media_urls or media else "SM")
+        hosted = [stored(self._new_sid("ME"), sid, file) for file in media]
+        urls = [*media_urls, *(self._media_url(item) for item in hosted)]
+        types = [*(None for _ in media_urls), *(item.content_type for item in hosted)]
+        resource = self._add_message(sid, from_, to, body, urls, "inbound", None)
         resource.update(status="received", date_sent=resource["date_created"])
-        params = shapes.inbound_form(self.account_sid, resource, media_urls)
+        self.media.update((item.sid, item) for item in hosted)
+        params = shapes.inbound_form(self.account_sid, resource, urls, types)
         keyword = consent_keyword(body)
         if keyword == "opt_out":
             self.opt_out(from_, to)
@@ -204,7 +230,17 @@ class Sandbox:
         if response.status_code == 200:
             for text in shapes.twiml_messages(response.text):
                 self._reply(to, from_, text)
-        return TextResult(sid, response.status_code, response.text)
+        return TextResult(sid, response.status_code, response.text, tuple(urls))
+
+    async def call_hub(
+        self, from_: str, to: str, *, answer: bool = True, voicemail: str | None = None
+    ) -> CallResult:
+        """A customer at ``from_`` phones our number ``to`` (``channels.twilio.sandbox.calls``).
+
+        ``answer``: whether an agent picks up; ``voicemail``: the message the caller
+        leaves if asked (None: they hang up). https://www.twilio.com/docs/voice/twiml
+        """
+        return await self.voice.call_hub(from_, to, answer=answer, voicemail=voicemail)
 
     async def settle(self) -> None:
         """Wait until every scheduled status change and callback has happened."""
@@ -234,7 +270,9 @@ class Sandbox:
             Route(f"{_PREFIX}/Messages/{{sid}}.json", self._fetch_message, methods=["GET"]),
             Route(f"{_PREFIX}/Calls.json", self._create_call, methods=["POST"]),
             Route(f"{_PREFIX}/Calls/{{sid}}.json", self._fetch_call, methods=["GET"]),
+            *media_routes(self, _PREFIX),
             *phone_routes(self),
+            *self.voice.routes(_PREFIX),
         ]
         app = Starlette(routes=routes, lifespan=lifespan)
         app.state.sandbox = self
@@ -249,12 +287,16 @@ class Sandbox:
     def _new_sid(prefix: str) -> str:
         return prefix + secrets.token_hex(16)
 
+    def _media_url(self, media: StoredMedia) -> str:
+        return f"{self.base_url}{media_path(self.account_sid, media.message_sid, media.sid)}"
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _denied(self, request: Request) -> Response | None:
+    def denied(self, request: Request) -> Response | None:
+        """The 401 (or 404 for another account) of a request without this account's auth."""
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         try:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
@@ -312,7 +354,7 @@ class Sandbox:
     # -- Messages -------------------------------------------------------------------------
 
     async def _create_message(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         try:
             form = form_items(await request.form())
@@ -358,7 +400,7 @@ class Sandbox:
         return JSONResponse(resource, status_code=201)
 
     async def _fetch_message(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         resource = self.messages.get(request.path_params["sid"])
         if resource is None:
@@ -366,7 +408,7 @@ class Sandbox:
         return JSONResponse(resource)
 
     async def _list_messages(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         query = request.query_params
         try:
@@ -422,7 +464,7 @@ class Sandbox:
     # -- Calls ----------------------------------------------------------------------------
 
     async def _create_call(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         try:
             form = form_items(await request.form())
@@ -446,32 +488,18 @@ class Sandbox:
         events = frozenset(v for k, v in form if k == "StatusCallbackEvent") or {"completed"}
         self.calls[sid] = resource
         self._pending[sid] = _Pending(fields.get("StatusCallback") or None, frozenset(events))
-        self._spawn(self._progress_call(sid))
+        self._spawn(self.voice.progress_created(sid, fields.get("Url") or None))
         if injected is not None:
             return error_response(injected.http_status, injected.code, injected.message)
         return JSONResponse(resource, status_code=201)
 
     async def _fetch_call(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         resource = self.calls.get(request.path_params["sid"])
         if resource is None:
             return not_found(request.url.path)
         return JSONResponse(resource)
-
-    async def _progress_call(self, sid: str) -> None:
-        resource, pending = self.calls[sid], self._pending[sid]
-        for sequence, (event, status) in enumerate(_CALL_STEPS):
-            await asyncio.sleep(self.callback_delay)
-            now = shapes.now_rfc2822()
-            resource.update(status=status, date_updated=now)
-            if status == "in-progress":
-                resource["start_time"] = now
-            if status == "completed":
-                resource.update(end_time=now, duration=str(self.call_duration))
-            if pending.callback and event in pending.events:
-                params = shapes.call_status_form(self.account_sid, resource, sequence)
-                await self._post(pending.callback, params)
 
 
 def _headers(signature: str) -> dict[str, str]:

@@ -5,6 +5,8 @@ No auth: these exist only in the sandbox, served on loopback or in the demo.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from channels.twilio.sandbox.media import MediaFile
 from channels.twilio.sandbox.shapes import E164
 
 if TYPE_CHECKING:
@@ -21,7 +24,11 @@ __all__ = ["phone_routes"]
 
 
 def phone_routes(sandbox: Sandbox) -> list[Route]:
-    """``POST /sandbox/sms``, ``GET /sandbox/phones/{number}/messages``, opt-outs."""
+    """``POST /sandbox/sms``, ``GET /sandbox/phones/{number}/messages``, opt-outs.
+
+    ``POST /sandbox/sms`` takes ``{"from", "to", "body", "media_urls"?, "media"?}``;
+    ``media`` items (``{"content_type", "content_base64"?}``) are hosted by the sandbox.
+    """
 
     async def text_hub(request: Request) -> Response:
         payload = await _json_object(request)
@@ -35,11 +42,27 @@ def phone_routes(sandbox: Sandbox) -> list[Route]:
             return _error("invalid_to", "to must be an E.164 number")
         if not isinstance(body, str) or not isinstance(media, list):
             return _error("invalid_body", "body must be text and media_urls a list")
+        files = _media_files(payload.get("media", []))
+        if files is None:
+            return _error(
+                "invalid_media",
+                'media must be a list of {"content_type": ..., "content_base64"?: ...}',
+            )
+        if files and sandbox.base_url is None:
+            sandbox.base_url = str(request.base_url).rstrip("/")  # mounted, not run_sandbox
         try:
-            result = await sandbox.text_hub(from_, to, body, [str(url) for url in media])
+            result = await sandbox.text_hub(
+                from_, to, body, [str(url) for url in media], media=files
+            )
         except httpx.HTTPError as exc:
             return _error("hub_unreachable", type(exc).__name__, 502)
-        return JSONResponse({"sid": result.sid, "hub_status": result.status_code})
+        return JSONResponse(
+            {
+                "sid": result.sid,
+                "hub_status": result.status_code,
+                "media_urls": list(result.media_urls),
+            }
+        )
 
     async def phone_messages(request: Request) -> Response:
         return JSONResponse({"messages": sandbox.phone_log(request.path_params["number"])})
@@ -63,6 +86,26 @@ def phone_routes(sandbox: Sandbox) -> list[Route]:
         Route("/sandbox/opt-outs", opt_out, methods=["POST"]),
         Route("/sandbox/opt-outs/{number}", opt_in, methods=["DELETE"]),
     ]
+
+
+def _media_files(items: Any) -> list[MediaFile] | None:
+    """``[{"content_type": "image/png", "content_base64": "..."?}, ...]``; None if not."""
+    if not isinstance(items, list):
+        return None
+    files = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("content_type"), str):
+            return None
+        encoded = item.get("content_base64")
+        if encoded is None:
+            files.append(MediaFile(item["content_type"]))
+            continue
+        try:
+            content = base64.b64decode(str(encoded), validate=True)
+        except binascii.Error:
+            return None
+        files.append(MediaFile(item["content_type"], content))
+    return files
 
 
 async def _json_object(request: Request) -> dict[str, Any] | None:

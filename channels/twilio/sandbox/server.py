@@ -56,10 +56,13 @@ async def run_sandbox(
 ) -> AsyncIterator[str]:
     """Serve ``sandbox`` on loopback; yields its base URL, the ``TWILIO_API_BASE``.
 
-    Pending callbacks are cancelled and its HTTP client closed when the block exits.
+    The sandbox's ``base_url`` (of the media it hosts) becomes that URL unless it has
+    one. Pending callbacks are cancelled and its HTTP client closed when the block exits.
     """
     try:
         async with serve(sandbox.app, host, port) as base_url:
+            if sandbox.base_url is None:
+                sandbox.base_url = base_url
             yield base_url
     finally:
         await sandbox.aclose()

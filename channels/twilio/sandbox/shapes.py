@@ -183,9 +183,16 @@ def error_text(code: int) -> str | None:
 
 
 def inbound_form(
-    account_sid: str, resource: dict[str, Any], media_urls: Sequence[str]
+    account_sid: str,
+    resource: dict[str, Any],
+    media_urls: Sequence[str],
+    content_types: Sequence[str | None] = (),
 ) -> list[tuple[str, str]]:
-    """The form Twilio POSTs for an incoming SMS/MMS (no Messaging Service)."""
+    """The form Twilio POSTs for an incoming SMS/MMS (no Messaging Service).
+
+    ``content_types[N]`` is ``MediaContentType{N}``; where missing or None, it is
+    guessed from the URL (``image/jpeg`` when nothing fits).
+    """
     sid, from_, to = resource["sid"], resource["from"], resource["to"]
     params = [
         ("ToCountry", country(to)),
@@ -209,7 +216,8 @@ def inbound_form(
         ("ApiVersion", API_VERSION),
     ]
     for index, url in enumerate(media_urls):
-        content_type = mimetypes.guess_type(url)[0] or "image/jpeg"
+        given = content_types[index] if index < len(content_types) else None
+        content_type = given or mimetypes.guess_type(url)[0] or "image/jpeg"
         params += [(f"MediaContentType{index}", content_type), (f"MediaUrl{index}", url)]
     return params
 

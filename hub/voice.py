@@ -1,0 +1,293 @@
+"""Twilio's Voice webhooks: incoming calls, call status, recordings, and our TwiML steps.
+
+Configure the Twilio number with ``HUB_PUBLIC_URL/webhooks/twilio/voice`` as its voice
+URL and ``HUB_PUBLIC_URL/webhooks/twilio/voice/status`` as its call status callback (for
+``completed`` at least). The other paths are handed to Twilio inside our TwiML, each with
+``?event=<id>`` so that its request finds the call without a lookup:
+
+=====================================  ============================================
+``POST /webhooks/twilio/voice``        incoming call: store, screen pop, routing TwiML
+``POST /webhooks/twilio/voice/status`` status of the call or of a leg we dialled
+``POST /webhooks/twilio/voice/recording``  a recording or its transcription is ready
+``POST /webhooks/twilio/voice/dial``   after ``<Dial>``/``<Enqueue>``/``<Record>``:
+                                       voicemail or hang up
+``POST /webhooks/twilio/voice/bridge`` click-to-call: the agent answered, dial the
+                                       customer
+=====================================  ============================================
+
+Every request is checked as the SMS webhooks are (``hub.twilio_webhooks.verified_form``:
+413 over the size limit, 403 without a valid X-Twilio-Signature, nothing stored), a
+malformed form is 400, and a callback about a call we do not hold is logged and answered
+200 (Twilio cannot fix it by retrying).
+
+An incoming call is ingested through the group writer (an unknown caller becomes a new
+customer), its live state is stored (``timeline.calls``), and the screen pop is published
+as ``event: call`` *before* the TwiML is returned: the agent sees who is calling while
+their phone starts ringing. A caller whose number is withheld resolves to nobody: the
+call is still routed, with a pop that has no customer, but it is on no timeline.
+https://www.twilio.com/docs/voice/twiml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from channels.twilio import voice
+from channels.twilio.errors import PayloadError
+from hub.services import Services
+from hub.twilio_webhooks import json_error, verified_form
+from hub.voice_state import (
+    WEBHOOK_DIAL,
+    WEBHOOK_RECORDING,
+    WEBHOOK_STATUS,
+    Applied,
+    Incoming,
+    anonymous_pop,
+    apply_dial_result,
+    apply_recording,
+    apply_status,
+    read_pop,
+    routing,
+    webhook_url,
+)
+from timeline import calls, store
+from timeline.events import Channel, Direction
+from timeline.ingest import attach_external_id
+
+log = logging.getLogger(__name__)
+
+#: Said to an agent whose click-to-call cannot be bridged (the customer is gone).
+NOT_CONNECTED = "Sorry, this call cannot be connected."
+
+
+def _twiml(xml: str) -> Response:
+    return Response(xml, media_type="text/xml")
+
+
+def _incoming(request: Request) -> Incoming:
+    work: Incoming | None = getattr(request.app.state, "voice_incoming", None)
+    if work is None:
+        work = request.app.state.voice_incoming = Incoming.on(_services(request).db)
+    return work
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _publish(services: Services, applied: Applied, pop: dict[str, object] | None) -> None:
+    services.publisher.publish("timeline", applied.event)
+    if pop is not None:
+        services.publisher.publish("call", pop)
+
+
+def _urls(services: Services, event_id: str | None) -> dict[str, str]:
+    settings = services.settings
+    query = {"event": event_id} if event_id else {}
+    return {
+        "status_callback": webhook_url(settings, WEBHOOK_STATUS, **query),
+        "recording_callback": webhook_url(settings, WEBHOOK_RECORDING, **query),
+        "dial_action": webhook_url(settings, WEBHOOK_DIAL, **query, step="dial"),
+        "voicemail_action": webhook_url(settings, WEBHOOK_DIAL, **query, step="recorded"),
+    }
+
+
+async def inbound_call(request: Request) -> Response:
+    """An incoming call: store it, publish the screen pop, answer the routing TwiML."""
+    services = _services(request)
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        (event,) = voice.parse_inbound_call(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
+    sid = event.external_id
+    assert sid is not None
+    (outcome,) = await services.writer.submit([event])
+    if outcome.kind == "rejected":
+        log.info(
+            "call %s from a caller who is nobody (%s): routed, not stored", sid, outcome.reason
+        )
+        assert event.sender is not None and event.recipient is not None
+        services.publisher.publish(
+            "call", anonymous_pop(sid, event.sender.value, event.recipient.value)
+        )
+        return _twiml(voice.route_call(routing(services.settings), **_urls(services, None)))
+    stored = outcome.event
+    if stored is None:  # Twilio asked again: the call is stored already
+        async with services.db.read() as conn:
+            stored = await store.find_event(conn, Channel.VOICE.value, sid)
+        assert stored is not None
+    # The pop does not wait for the call's row; the answer does.
+    incoming = _incoming(request)
+    row = asyncio.ensure_future(
+        incoming.open_calls(
+            {
+                "call_sid": sid,
+                "event_id": stored.id,
+                "direction": Direction.INBOUND.value,
+                "state": "ringing",
+                "caller": stored.sender,
+                "callee": stored.recipient,
+                "at": stored.occurred_at,
+            }
+        )
+    )
+    try:
+        services.publisher.publish("call", await incoming.pops(stored))
+    finally:
+        await row
+    log.info("incoming call %s: %s, event %s", sid, outcome.kind, stored.id)
+    return _twiml(voice.route_call(routing(services.settings), **_urls(services, stored.id)))
+
+
+async def call_status(request: Request) -> Response:
+    """A status callback of a call or a dialled leg: settle the call's one event."""
+    services = _services(request)
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        update = voice.parse_call_status(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
+    hint = request.query_params.get("event") or None
+    async with services.db.write() as conn:
+        applied = await apply_status(conn, update, hint=hint)
+    if applied is None:
+        log.info("status callback for unknown call %s ignored", update.call_sid)
+    elif applied.changed:
+        _publish(services, applied, await read_pop(services.db, applied.event))
+    return Response(status_code=200)
+
+
+async def recording(request: Request) -> Response:
+    """A recording or transcription callback: attach it to the call's event."""
+    services = _services(request)
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        update = voice.parse_recording_callback(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
+    hint = request.query_params.get("event") or None
+    async with services.db.write() as conn:
+        applied = await apply_recording(conn, update, hint=hint)
+    if applied is None:
+        log.info("recording callback for unknown call %s ignored", update.call_sid)
+    elif applied.changed:
+        _publish(services, applied, None)
+    return Response(status_code=200)
+
+
+async def dial_result(request: Request) -> Response:
+    """What follows ``<Dial>``, ``<Enqueue>`` or ``<Record>``: voicemail or hang up.
+
+    After ``<Dial>``/``<Enqueue>`` (``step=dial``) the caller is offered voicemail unless
+    they were connected; after ``<Record>`` (``step=recorded``) or a bridge
+    (``step=bridge``) the call ends.
+    """
+    services = _services(request)
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        result = voice.parse_dial_result(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
+    step = request.query_params.get("step", "dial")
+    hint = request.query_params.get("event") or None
+    # A caller who hung up while agents rang or in the queue is gone: nobody to record.
+    gone = result.dial_status == "canceled" or result.queue_result == "hangup"
+    offer_voicemail = step == "dial" and not result.connected and not gone
+    async with services.db.write() as conn:
+        applied = await apply_dial_result(
+            conn,
+            result,
+            hint=hint,
+            hanging_up=not offer_voicemail,
+            queue=services.settings.twilio_voice_queue,
+        )
+    if applied is not None and applied.changed:
+        _publish(services, applied, await read_pop(services.db, applied.event))
+    if not offer_voicemail:
+        return _twiml(voice.hangup())
+    urls = _urls(services, applied.event.id if applied else None)
+    return _twiml(
+        voice.voicemail(
+            services.settings.twilio_voicemail_prompt,
+            action=urls["voicemail_action"],
+            recording_callback=urls["recording_callback"],
+        )
+    )
+
+
+async def bridge(request: Request) -> Response:
+    """Click-to-call: the agent answered; dial the customer from our number."""
+    services = _services(request)
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        update = voice.parse_call_status(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
+    event_id = request.query_params.get("event")
+    if not event_id:
+        return json_error(400, "bad_request", "event: missing from the bridge URL")
+    settings = services.settings
+    applied: Applied | None = None
+    async with services.db.write() as conn:
+        event = await calls.lock_event(conn, event_id)
+        usable = (
+            event is not None
+            and event.channel == Channel.VOICE.value
+            and event.direction == Direction.OUTBOUND.value
+            and event.recipient is not None
+            and event.sender is not None
+            and event.external_id in (None, update.call_sid)
+        )
+        if usable:
+            assert event is not None
+            if event.external_id is None:
+                await attach_external_id(conn, event.id, Channel.VOICE, update.call_sid)
+            applied = await apply_status(conn, update, hint=event.id)
+    if not usable or event is None:
+        log.warning("bridge of call %s: no outbound call event %s", update.call_sid, event_id)
+        return _twiml(voice.hangup(NOT_CONNECTED))
+    if applied is not None and applied.changed:
+        _publish(services, applied, await read_pop(services.db, applied.event))
+    assert event.recipient is not None and event.sender is not None
+    query = {"event": event.id}
+    return _twiml(
+        voice.bridge(
+            event.recipient,
+            caller_id=event.sender,
+            status_callback=webhook_url(settings, WEBHOOK_STATUS, **query),
+            action=webhook_url(settings, WEBHOOK_DIAL, **query, step="bridge"),
+            record=settings.twilio_voice_record,
+            recording_callback=webhook_url(settings, WEBHOOK_RECORDING, **query),
+        )
+    )
+
+
+ROUTES = [
+    Route("/webhooks/twilio/voice", inbound_call, methods=["POST"]),
+    Route(WEBHOOK_STATUS, call_status, methods=["POST"]),
+    Route(WEBHOOK_RECORDING, recording, methods=["POST"]),
+    Route(WEBHOOK_DIAL, dial_result, methods=["POST"]),
+    Route("/webhooks/twilio/voice/bridge", bridge, methods=["POST"]),
+]

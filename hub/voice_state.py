@@ -1,0 +1,430 @@
+"""A call's state in the hub: what each Twilio callback changes, and the screen pop.
+
+Each callback is one write transaction: find the call's event (by the signed ``event``
+query parameter of the URLs we gave Twilio, else by CallSid or ParentCallSid), lock it,
+store what the callback says of its leg (``timeline.calls``, forward-only), then derive
+the event's status and data from every leg known (``channels.twilio.voice.call_state``).
+A fact never moves backwards, so callbacks arriving in any order settle the same way.
+The derivation needs the stored state of the other legs, which is why these updates do
+not go through the group writer (which only moves one event's status forward).
+
+The screen pop (CONTRACT.md) is the call, its customer and the first page of their
+timeline; ``state`` is the contract's ``ringing``/``in-progress``/``completed`` and
+``status`` Twilio's exact word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlencode
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from channels.twilio import voice
+from channels.twilio.signature import public_url_for
+from config import Settings
+from timeline import calls, store
+from timeline import customers as customer_ops
+from timeline.db import Database
+from timeline.events import Channel, Direction, utcnow
+from timeline.ingest import attach_external_id
+from timeline.records import Customer, StoredEvent, iso
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Events in the screen pop's timeline (the API's default first page).
+POP_PAGE = 50
+
+WEBHOOK_STATUS = "/webhooks/twilio/voice/status"
+WEBHOOK_RECORDING = "/webhooks/twilio/voice/recording"
+WEBHOOK_DIAL = "/webhooks/twilio/voice/dial"
+WEBHOOK_BRIDGE = "/webhooks/twilio/voice/bridge"
+
+
+_ROUTES: dict[str, Literal["clients", "numbers", "queue"]] = {
+    "clients": "clients",
+    "numbers": "numbers",
+    "queue": "queue",
+}
+
+
+def webhook_url(settings: Settings, path: str, **query: str) -> str:
+    """``HUB_PUBLIC_URL`` + path + query: a callback URL for Twilio (signed as given)."""
+    return public_url_for(settings.public_url, path, urlencode(query))
+
+
+def routing(settings: Settings) -> voice.Routing:
+    """The inbound routing the ``TWILIO_VOICE_*`` settings ask for."""
+    return voice.Routing(
+        route=_ROUTES[settings.twilio_voice_route],
+        clients=settings.twilio_voice_clients,
+        numbers=settings.twilio_voice_agent_numbers,
+        queue=settings.twilio_voice_queue,
+        greeting=settings.twilio_voice_greeting,
+        record=settings.twilio_voice_record,
+        timeout=settings.twilio_voice_timeout,
+        voicemail_prompt=settings.twilio_voicemail_prompt,
+    )
+
+
+def contract_state(status: str | None) -> str:
+    """The screen pop's ``state``: ``ringing`` before an answer, then ``in-progress``,
+    then ``completed`` for every way a call ends."""
+    if status in voice.TERMINAL:
+        return "completed"
+    if status == "in-progress":
+        return "in-progress"
+    return "ringing"
+
+
+def call_json(event: StoredEvent, customer: Customer | None) -> dict[str, Any]:
+    """A call for agents: the screen pop without its timeline (``GET /calls/active``)."""
+    return {
+        "call_id": event.id,
+        "external_id": event.external_id,
+        "state": contract_state(event.status),
+        "status": event.status,
+        "direction": event.direction,
+        "from": event.sender,
+        "to": event.recipient,
+        "started_at": iso(event.occurred_at),
+        "answered_by": event.data.get("answered_by"),
+        "missed": bool(event.data.get("missed", False)),
+        "customer": customer.to_json() if customer is not None else None,
+    }
+
+
+async def screen_pop(conn: AsyncConnection, event: StoredEvent) -> dict[str, Any]:
+    """The ``event: call`` message: the call, its customer and their first page."""
+    customer = await customer_ops.get(conn, event.customer_id)
+    page, _ = await store.page(conn, event.customer_id, limit=POP_PAGE)
+    return {**call_json(event, customer), "timeline": [e.to_json() for e in page]}
+
+
+def anonymous_pop(call_sid: str, caller: str, called: str) -> dict[str, Any]:
+    """The screen pop of a call from a number that is nobody's (withheld, ``anonymous``)."""
+    return {
+        "call_id": None,
+        "external_id": call_sid,
+        "state": "ringing",
+        "status": "ringing",
+        "direction": Direction.INBOUND.value,
+        "from": caller,
+        "to": called,
+        "started_at": iso(utcnow()),
+        "answered_by": None,
+        "missed": False,
+        "customer": None,
+        "timeline": [],
+    }
+
+
+async def screen_pops(conn: AsyncConnection, events: list[StoredEvent]) -> list[dict[str, Any]]:
+    """:func:`screen_pop` of many calls, their customers read together."""
+    ids = [e.customer_id for e in events]
+    people = await calls.customers_many(conn, ids)
+    pages = {
+        customer_id: [e.to_json() for e in page]
+        for customer_id, page in (await calls.first_pages(conn, ids, limit=POP_PAGE)).items()
+    }
+    return [
+        {**call_json(e, people.get(e.customer_id)), "timeline": pages[e.customer_id]}
+        for e in events
+    ]
+
+
+async def read_pop(db: Database, event: StoredEvent) -> dict[str, Any]:
+    """:func:`screen_pop` in a read transaction of its own."""
+    async with db.read() as conn:
+        return await screen_pop(conn, event)
+
+
+class Coalescer(Generic[T, R]):
+    """Concurrent requests share one run of ``work`` over everything waiting.
+
+    Twenty calls arriving at once would otherwise queue twenty times for SQLite's one
+    writer, and read twenty screen pops in twenty transactions. Whoever holds the lock
+    runs ``work`` on every item waiting (its results in the same order); the others find
+    theirs done when their turn comes. Group commit, without a background task; a lone
+    request runs at once.
+    """
+
+    def __init__(self, work: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._work = work
+        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self.runs = 0
+
+    async def __call__(self, item: T) -> R:
+        """``work`` applied to ``item`` (with whatever else is waiting)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        async with self._lock:
+            if not future.done():
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await self._work([i for i, _ in batch])
+                except Exception as exc:
+                    for _, waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(exc)
+                else:
+                    self.runs += 1
+                    for (_, waiting), result in zip(batch, results, strict=True):
+                        if not waiting.done():
+                            waiting.set_result(result)
+        return await future
+
+
+@dataclasses.dataclass
+class Incoming:
+    """The group work of incoming calls: their rows, and their screen pops."""
+
+    open_calls: Coalescer[dict[str, Any], None]
+    pops: Coalescer[StoredEvent, dict[str, Any]]
+
+    @classmethod
+    def on(cls, db: Database) -> Incoming:
+        """Both, on this database."""
+
+        async def write_rows(rows: list[dict[str, Any]]) -> list[None]:
+            async with db.write() as conn:
+                await calls.open_many(conn, rows)
+            return [None] * len(rows)
+
+        async def read_pops(events: list[StoredEvent]) -> list[dict[str, Any]]:
+            async with db.read() as conn:
+                return await screen_pops(conn, events)
+
+        return cls(Coalescer(write_rows), Coalescer(read_pops))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    """What a callback did to its call: the event as it is now, and whether it changed."""
+
+    event: StoredEvent
+    changed: bool
+
+
+async def find_call(
+    conn: AsyncConnection, *, call_sid: str, parent_sid: str | None, hint: str | None
+) -> StoredEvent | None:
+    """The event of the call a callback is about, locked; None if we hold no such call.
+
+    ``hint`` is the ``event`` query parameter of a URL we gave Twilio: signed with the
+    rest of the URL, so it is ours. Otherwise the parent's CallSid, the CallSid, or the
+    stored leg with that CallSid lead to it.
+    """
+    event_id: str | None = None
+    if hint:
+        event_id = hint
+    else:
+        for sid in (parent_sid, call_sid):
+            if sid is None:
+                continue
+            found = await store.find_event(conn, Channel.VOICE.value, sid)
+            if found is not None:
+                event_id = found.id
+                break
+        else:
+            row = await calls.get(conn, call_sid)
+            event_id = row.event_id if row is not None else None
+    if event_id is None:
+        return None
+    event = await calls.lock_event(conn, event_id)
+    if event is None or event.channel != Channel.VOICE.value:
+        return None
+    return event
+
+
+async def _parent(conn: AsyncConnection, event: StoredEvent) -> str | None:
+    """The parent CallSid of the event's call, its row made if missing."""
+    if event.external_id is None:
+        return None
+    inbound = event.direction == Direction.INBOUND.value
+    await calls.open_call(
+        conn,
+        call_sid=event.external_id,
+        event_id=event.id,
+        direction=event.direction,
+        state="ringing" if inbound else "queued",
+        caller=event.sender,
+        callee=event.recipient,
+        at=event.occurred_at,
+    )
+    return event.external_id
+
+
+async def settle(
+    conn: AsyncConnection, event: StoredEvent, extra: dict[str, Any] | None = None
+) -> Applied:
+    """Derive the call's status and data from all its legs; write the event if changed."""
+    rows = await calls.rows_of(conn, event.id)
+    parent = next((r for r in rows if r.call_sid == event.external_id), None)
+    legs = [voice.Leg(r.state) for r in rows if r.parent_sid is not None]
+    answered = parent is not None and parent.answered_at is not None
+    status = voice.call_state(
+        event.direction, parent.state if parent else None, legs, answered=answered
+    )
+    if event.status == "failed" and not rows:
+        status = "failed"  # the provider refused to place it: nothing will follow
+    data = dict(event.data)
+    data.update(extra or {})
+    data["answered"] = answered
+    if event.direction == Direction.INBOUND.value and parent is not None and parent.answered_by:
+        data["answered_by"] = parent.answered_by
+    if event.direction == Direction.INBOUND.value and status in voice.TERMINAL:
+        data["missed"] = voice.is_missed(event.direction, status, answered=answered)
+    if status in voice.TERMINAL:
+        await calls.close(conn, event.id)
+    if status == event.status and data == event.data:
+        return Applied(event, changed=False)
+    fresh = await calls.update_event(conn, event.id, status=status, data=data)
+    return Applied(fresh, changed=True)
+
+
+async def apply_status(
+    conn: AsyncConnection, update: voice.CallUpdate, *, hint: str | None
+) -> Applied | None:
+    """A call or leg status callback; None if the call is not ours."""
+    event = await find_call(conn, call_sid=update.call_sid, parent_sid=update.parent_sid, hint=hint)
+    if event is None:
+        return None
+    if hint and update.parent_sid is None and event.external_id is None:
+        # The callback may beat the click-to-call's own record of the CallSid.
+        await attach_external_id(conn, event.id, Channel.VOICE, update.call_sid)
+        event = dataclasses.replace(event, external_id=update.call_sid)
+    parent_sid = await _parent(conn, event)
+    extra: dict[str, Any] = {}
+    if update.parent_sid is not None:
+        if parent_sid is not None and update.parent_sid != parent_sid:
+            log.warning("leg %s names parent %s, not its call's", update.call_sid, parent_sid)
+            return None
+        leg = await calls.record_state(
+            conn,
+            update.call_sid,
+            event_id=event.id,
+            state=update.status,
+            direction=update.direction or "outbound-dial",
+            parent_sid=update.parent_sid,
+            caller=update.from_,
+            callee=update.to,
+        )
+        if update.status in voice.ANSWERED and parent_sid is not None:
+            await calls.mark_answered(conn, parent_sid, by=leg.callee)
+        if update.status == "completed" and update.duration is not None:
+            key = "talk_seconds" if event.direction == Direction.INBOUND.value else "duration"
+            extra[key] = update.duration
+    elif update.call_sid == parent_sid:
+        await calls.record_state(
+            conn,
+            update.call_sid,
+            event_id=event.id,
+            state=update.status,
+            direction=event.direction,
+        )
+        if update.duration is not None and event.direction == Direction.INBOUND.value:
+            extra["duration"] = update.duration
+    else:
+        log.warning("callback of call %s for another call's event ignored", update.call_sid)
+        return None
+    return await settle(conn, event, extra)
+
+
+async def apply_dial_result(
+    conn: AsyncConnection,
+    result: voice.DialResult,
+    *,
+    hint: str | None,
+    hanging_up: bool,
+    queue: str = "support",
+) -> Applied | None:
+    """The action request after ``<Dial>``/``<Enqueue>``/``<Record>``.
+
+    The dialled leg's outcome is stored as its own callback would be (so a lost leg
+    callback is repaired), a bridged queue call counts as answered, and when our answer is
+    ``<Hangup>`` (``hanging_up``) the call ends now. ``queue`` names the queue a bridged
+    caller waited in (Twilio's request does not).
+    """
+    event = await find_call(conn, call_sid=result.call_sid, parent_sid=None, hint=hint)
+    if event is None:
+        return None
+    parent_sid = await _parent(conn, event)
+    if parent_sid is None:
+        return None
+    extra: dict[str, Any] = {}
+    if result.dial_call_sid and result.dial_status:
+        leg = await calls.record_state(
+            conn,
+            result.dial_call_sid,
+            event_id=event.id,
+            state=result.dial_status,
+            direction="outbound-dial",
+            parent_sid=parent_sid,
+        )
+        if result.dial_status in voice.ANSWERED:
+            await calls.mark_answered(conn, parent_sid, by=leg.callee)
+            if result.dial_duration is not None:
+                key = "talk_seconds" if event.direction == Direction.INBOUND.value else "duration"
+                extra[key] = result.dial_duration
+    if result.queue_result in ("bridged", "bridging-in-process"):
+        await calls.mark_answered(conn, parent_sid, by=f"queue:{queue}")
+    if result.queue_seconds is not None:
+        extra["queue_seconds"] = result.queue_seconds
+    if hanging_up:
+        await calls.record_state(
+            conn, parent_sid, event_id=event.id, state="completed", direction=event.direction
+        )
+    return await settle(conn, event, extra)
+
+
+async def apply_recording(
+    conn: AsyncConnection,
+    update: voice.RecordingUpdate | voice.TranscriptionUpdate,
+    *,
+    hint: str | None,
+) -> Applied | None:
+    """Attach a recording or its transcription to the call's event.
+
+    The event keeps the recording's sid, status, duration and source, and the hub's own
+    URL that plays it; the provider's URL is never stored. A voicemail is a call whose
+    recording came from ``<Record>``; its transcription becomes the event's text.
+    """
+    event = await find_call(conn, call_sid=update.call_sid, parent_sid=None, hint=hint)
+    if event is None:
+        return None
+    data = dict(event.data)
+    text: str | None = None
+    if isinstance(update, voice.RecordingUpdate):
+        current = data.get("recording")
+        if (
+            isinstance(current, dict)
+            and current.get("status") == "completed"
+            and update.status != "completed"
+        ):
+            return Applied(event, changed=False)
+        summary = update.summary()
+        if update.status == "completed":
+            summary["url"] = f"/api/v1/calls/{event.id}/recording"
+        data["recording"] = summary
+        if update.source == "RecordVerb":
+            data["voicemail"] = True
+    else:
+        data["transcript"] = {"sid": update.transcription_sid, "status": update.status}
+        if update.text is not None:
+            text = update.text
+    if data == event.data and (text is None or text == event.text):
+        return Applied(event, changed=False)
+    if text is None:
+        fresh = await calls.update_event(conn, event.id, data=data)
+    else:
+        fresh = await calls.update_event(conn, event.id, data=data, text=text)
+    return Applied(fresh, changed=True)

@@ -1,0 +1,1 @@
+"""The hub's SMS path end to end against the Twilio sandbox."""

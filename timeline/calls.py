@@ -1,0 +1,374 @@
+"""The live state of telephone calls: one ``calls`` row per call leg, beside its event.
+
+The event on the timeline is the call's record (one per call, however many legs ring);
+these rows are what is known of each leg while it lasts: its status (forward-only, by
+``timeline.status``), when and by whom it was answered, and when it ended. Agents' list
+of calls in progress (:func:`open_calls`) reads them, so it survives a page refresh, a
+restart and a second hub process.
+
+Updates of one call are serialized by locking its event row first (:func:`lock_event`:
+``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's writers are serialized already), so two
+callbacks of two legs arriving at once at two processes cannot lose each other's facts.
+A closed row (``ended_at``) stays, so late callbacks and recordings still find their call;
+it goes with its event when a customer is erased (``ON DELETE CASCADE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.events import Channel, IdentityKind, utcnow
+from timeline.records import Customer, StoredEvent, iso
+from timeline.schema import calls, consents, customers, events, identities
+from timeline.sql import chunks, insert_ignoring
+from timeline.status import TERMINAL, advances
+
+_TERMINAL = TERMINAL[Channel.VOICE]
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallRow:
+    """One leg of a call as stored."""
+
+    call_sid: str
+    parent_sid: str | None
+    event_id: str
+    direction: str
+    state: str
+    caller: str | None = dataclasses.field(repr=False)
+    callee: str | None = dataclasses.field(repr=False)
+    started_at: datetime
+    answered_at: datetime | None
+    answered_by: str | None = dataclasses.field(repr=False)
+    ended_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> CallRow:
+        """Build from a row of the calls table."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+async def open_call(
+    conn: AsyncConnection,
+    *,
+    call_sid: str,
+    event_id: str,
+    direction: str,
+    state: str,
+    caller: str | None,
+    callee: str | None,
+    parent_sid: str | None = None,
+    at: datetime | None = None,
+) -> bool:
+    """Store a new call (or leg) unless it is already stored; whether it was new."""
+    now = at or utcnow()
+    result = await conn.execute(
+        insert_ignoring(conn, calls, ["call_sid"]).values(
+            call_sid=call_sid,
+            parent_sid=parent_sid,
+            event_id=event_id,
+            direction=direction,
+            state=state,
+            caller=caller,
+            callee=callee,
+            started_at=now,
+            answered_at=None,
+            answered_by=None,
+            ended_at=now if state in _TERMINAL else None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount == 1)
+
+
+async def open_many(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Store new calls in one statement (executemany); calls already stored are kept.
+
+    Each row has the keys of :func:`open_call` (``call_sid``, ``event_id``, ``direction``,
+    ``state``, ``caller``, ``callee``, ``at``; ``parent_sid`` optional).
+    """
+    if not rows:
+        return
+    now = utcnow()
+    values = [
+        {
+            "call_sid": row["call_sid"],
+            "parent_sid": row.get("parent_sid"),
+            "event_id": row["event_id"],
+            "direction": row["direction"],
+            "state": row["state"],
+            "caller": row.get("caller"),
+            "callee": row.get("callee"),
+            "started_at": row.get("at") or now,
+            "answered_at": None,
+            "answered_by": None,
+            "ended_at": (row.get("at") or now) if row["state"] in _TERMINAL else None,
+            "updated_at": now,
+        }
+        for row in rows
+    ]
+    await conn.execute(insert_ignoring(conn, calls, ["call_sid"]), values)
+
+
+async def get(conn: AsyncConnection, call_sid: str) -> CallRow | None:
+    """The stored leg with this CallSid, if any."""
+    row = (
+        (await conn.execute(sa.select(calls).where(calls.c.call_sid == call_sid)))
+        .mappings()
+        .one_or_none()
+    )
+    return None if row is None else CallRow.from_row(row)
+
+
+async def rows_of(conn: AsyncConnection, event_id: str) -> list[CallRow]:
+    """Every stored leg of the call recorded by this event, first started first."""
+    rows = await conn.execute(
+        sa.select(calls)
+        .where(calls.c.event_id == event_id)
+        .order_by(calls.c.started_at, calls.c.call_sid)
+    )
+    return [CallRow.from_row(r) for r in rows.mappings()]
+
+
+async def record_state(
+    conn: AsyncConnection,
+    call_sid: str,
+    *,
+    event_id: str,
+    state: str,
+    direction: str,
+    parent_sid: str | None = None,
+    caller: str | None = None,
+    callee: str | None = None,
+    at: datetime | None = None,
+) -> CallRow:
+    """Store a leg's status: insert it, or move its state forward only.
+
+    Missing numbers are filled in from later callbacks; a terminal state closes the row.
+    """
+    now = at or utcnow()
+    if await open_call(
+        conn,
+        call_sid=call_sid,
+        event_id=event_id,
+        direction=direction,
+        state=state,
+        caller=caller,
+        callee=callee,
+        parent_sid=parent_sid,
+        at=now,
+    ):
+        row = await get(conn, call_sid)
+        assert row is not None
+        return row
+    row = await get(conn, call_sid)
+    assert row is not None
+    values: dict[str, Any] = {}
+    if advances(Channel.VOICE, row.state, state):
+        values["state"] = state
+        if state in _TERMINAL and row.ended_at is None:
+            values["ended_at"] = now
+    if caller and not row.caller:
+        values["caller"] = caller
+    if callee and not row.callee:
+        values["callee"] = callee
+    if parent_sid and not row.parent_sid:
+        values["parent_sid"] = parent_sid
+    if not values:
+        return row
+    values["updated_at"] = now
+    await conn.execute(calls.update().where(calls.c.call_sid == call_sid).values(**values))
+    return dataclasses.replace(row, **values)
+
+
+async def mark_answered(
+    conn: AsyncConnection, call_sid: str, *, by: str | None, at: datetime | None = None
+) -> bool:
+    """Record that the call was answered (the first answer wins); whether this was it."""
+    now = at or utcnow()
+    result = await conn.execute(
+        calls.update()
+        .where(calls.c.call_sid == call_sid, calls.c.answered_at.is_(None))
+        .values(answered_at=now, answered_by=by, updated_at=now)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def close(conn: AsyncConnection, event_id: str, *, at: datetime | None = None) -> int:
+    """Close every open leg of the call (it ended); how many were open."""
+    now = at or utcnow()
+    result = await conn.execute(
+        calls.update()
+        .where(calls.c.event_id == event_id, calls.c.ended_at.is_(None))
+        .values(ended_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)
+
+
+async def lock_event(conn: AsyncConnection, event_id: str) -> StoredEvent | None:
+    """The call's event, locked for this transaction (PostgreSQL; SQLite is serialized)."""
+    row = (
+        (await conn.execute(sa.select(events).where(events.c.id == event_id).with_for_update()))
+        .mappings()
+        .one_or_none()
+    )
+    return None if row is None else StoredEvent.from_row(row)
+
+
+async def update_event(
+    conn: AsyncConnection,
+    event_id: str,
+    *,
+    status: str | None = _UNSET,
+    data: Mapping[str, Any] | None = None,
+    text: str | None = _UNSET,
+) -> StoredEvent:
+    """Write a call event's new status, data (replaced whole) and text; the event as stored.
+
+    The caller holds the event's lock and decides: a call's status is derived from all
+    its legs (not only moved forward), so a late fact can settle it differently.
+    """
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if status is not _UNSET:
+        values["status"] = status
+    if data is not None:
+        values["data"] = dict(data)
+    if text is not _UNSET:
+        values["text"] = text
+    await conn.execute(events.update().where(events.c.id == event_id).values(**values))
+    row = (await conn.execute(sa.select(events).where(events.c.id == event_id))).mappings().one()
+    return StoredEvent.from_row(row)
+
+
+async def open_calls(
+    conn: AsyncConnection, *, limit: int = 200
+) -> list[tuple[CallRow, StoredEvent]]:
+    """Calls not yet ended (ringing or in progress), oldest first, with their events."""
+    query = (
+        sa.select(calls, events)
+        .join(events, events.c.id == calls.c.event_id)
+        .where(calls.c.ended_at.is_(None), calls.c.parent_sid.is_(None))
+        .order_by(calls.c.started_at, calls.c.call_sid)
+        .limit(limit)
+    )
+    out: list[tuple[CallRow, StoredEvent]] = []
+    for row in (await conn.execute(query)).all():
+        mapping = row._mapping
+        call = CallRow.from_row({c.name: mapping[calls.c[c.name]] for c in calls.columns})
+        event = StoredEvent.from_row({c.name: mapping[events.c[c.name]] for c in events.columns})
+        out.append((call, event))
+    return out
+
+
+async def customers_many(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Customer]:
+    """Customers as ``timeline.customers.get`` makes them, for many at once in four queries.
+
+    Screen pops of calls arriving together are read together; one customer at a time
+    would be four queries per call.
+    """
+    wanted = sorted(set(ids))
+    found: dict[str, Customer] = {}
+    for part in chunks(wanted):
+        rows = (
+            (await conn.execute(sa.select(customers).where(customers.c.id.in_(part))))
+            .mappings()
+            .all()
+        )
+        phones: dict[str, list[str]] = {cid: [] for cid in part}
+        emails: dict[str, list[str]] = {cid: [] for cid in part}
+        handles: dict[str, list[dict[str, str]]] = {cid: [] for cid in part}
+        identity_rows = await conn.execute(
+            sa.select(identities.c.customer_id, identities.c.kind, identities.c.value)
+            .where(identities.c.customer_id.in_(part))
+            .order_by(identities.c.customer_id, identities.c.created_at, identities.c.id)
+        )
+        for cid, kind, value in identity_rows:
+            if kind == IdentityKind.PHONE:
+                phones[cid].append(value)
+            elif kind == IdentityKind.EMAIL:
+                emails[cid].append(value)
+            else:
+                network, _, ident = value.partition(":")
+                handles[cid].append({"network": network, "id": ident})
+        consent: dict[str, list[dict[str, Any]]] = {cid: [] for cid in part}
+        consent_rows = await conn.execute(
+            sa.select(consents)
+            .where(consents.c.customer_id.in_(part))
+            .order_by(consents.c.customer_id, consents.c.channel, consents.c.purpose)
+        )
+        for c in consent_rows.mappings():
+            consent[c["customer_id"]].append(
+                {
+                    "channel": c["channel"],
+                    "purpose": c["purpose"],
+                    "state": c["state"],
+                    "updated_at": iso(c["updated_at"]),
+                }
+            )
+        counts: dict[str, dict[str, int]] = {cid: {} for cid in part}
+        count_rows = await conn.execute(
+            sa.select(events.c.customer_id, events.c.channel, sa.func.count())
+            .where(events.c.customer_id.in_(part))
+            .group_by(events.c.customer_id, events.c.channel)
+        )
+        for cid, channel, n in count_rows:
+            counts[cid][channel] = int(n)
+        for row in rows:
+            cid = row["id"]
+            tally = counts[cid]
+            tally["total"] = sum(tally.values())
+            found[cid] = Customer(
+                id=cid,
+                name=row["name"],
+                timezone=row["timezone"],
+                attributes=row["attributes"] or {},
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
+                merged_into=row["merged_into"],
+                erased_at=row["erased_at"],
+                phones=phones[cid],
+                emails=emails[cid],
+                handles=handles[cid],
+                consent=consent[cid],
+                counts=tally,
+            )
+    return found
+
+
+async def first_pages(
+    conn: AsyncConnection, customer_ids: Iterable[str], *, limit: int = 50
+) -> dict[str, list[StoredEvent]]:
+    """The first timeline page (``timeline.store.page`` without a cursor) of many customers.
+
+    One statement: a ``UNION ALL`` of each customer's keyset query, so each part still
+    walks only the first ``limit`` entries of the timeline index, and the database is
+    asked once instead of once per call.
+    """
+    wanted = list(dict.fromkeys(customer_ids))
+    pages: dict[str, list[StoredEvent]] = {cid: [] for cid in wanted}
+    order = (events.c.occurred_at.desc(), events.c.id.desc())
+    for part in chunks(wanted, 50):
+        parts = [
+            sa.select(
+                sa.select(events)
+                .where(events.c.customer_id == cid)
+                .order_by(*order)
+                .limit(limit)
+                .subquery()
+            )
+            for cid in part
+        ]
+        query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        for row in (await conn.execute(query)).mappings():
+            pages[row["customer_id"]].append(StoredEvent.from_row(row))
+    for page in pages.values():
+        page.sort(key=lambda e: (e.occurred_at, e.id), reverse=True)
+    return pages
