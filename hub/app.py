@@ -20,10 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config import Settings
-from hub import openapi, twilio_webhooks, voice
-from hub.api import calls, customers, health, messages, privacy, stream, timeline
+from hub import openapi, twilio_webhooks, ui, voice
+from hub.api import agents, audit, calls, customers, health, messages, privacy, stream, timeline
+from hub.audit import install_log_escaping
 from hub.errors import error_body
 from hub.routing import Endpoint, to_routes
+from hub.security import HardenedStarlette
 from hub.services import Services
 from hub.workers import Workers
 from timeline import migrate
@@ -39,6 +41,8 @@ ENDPOINTS: list[Endpoint] = [
     *messages.ENDPOINTS,
     *stream.ENDPOINTS,
     *calls.ENDPOINTS,
+    *audit.ENDPOINTS,
+    *agents.ENDPOINTS,
 ]
 
 
@@ -109,7 +113,12 @@ def create_app(
     db: Database | None = None,
     sse_heartbeat: float = 15.0,
 ) -> Starlette:
-    """The hub as an ASGI app; its lifespan migrates, starts workers and cleans up."""
+    """The hub as an ASGI app; its lifespan migrates, starts workers and cleans up.
+
+    Every answer carries the security headers of ``hub.security``; log lines escape
+    control characters (``hub.audit``).
+    """
+    install_log_escaping()
     services = Services.build(settings, db)
     schema_cache: dict[str, Any] = {}
     webhook_routes: list[BaseRoute] = [*twilio_webhooks.ROUTES, *voice.ROUTES]
@@ -154,7 +163,9 @@ def create_app(
     ]
     routes += to_routes(ENDPOINTS, _services)
     routes += webhook_routes
-    app = Starlette(
+    routes += ui.routes()  # the agent console (hub/ui), under /ui
+    app = HardenedStarlette(
+        https=settings.public_url.lower().startswith("https://"),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
@@ -162,4 +173,5 @@ def create_app(
     app.state.services = services
     app.state.settings = settings
     app.state.sse_heartbeat = sse_heartbeat
+    app.state.console = ui.console(services)
     return app

@@ -27,16 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from channels.email.imap import ImapClient, ImapConfig
 from channels.email.mailsync import Checkpoint, FetchBatch, SyncResult, sync_folder, watch_folder
 from channels.email.parse import ParsedEmail, parse_message
-from channels.email.threading import assign_thread
+from channels.email.threading import decide_thread, remember
 from config import Settings
 from hub.services import Services
 from timeline import mailstore
-from timeline.events import Direction, Event, utcnow
+from timeline.events import Direction, Event, Identity, IdentityKind, utcnow
 from timeline.ingest import IngestResult, ingest_batch
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+
+#: Where mail without a usable From address is kept (RFC 2606 reserves ``.invalid``).
+UNKNOWN_SENDER = Identity(IdentityKind.EMAIL, "unknown-sender@commhub.invalid")
 
 
 def our_addresses(settings: Settings) -> list[str]:
@@ -82,7 +85,11 @@ class MailIngest:
             if item.warnings:
                 log.info("parsed %s with %d warnings", batch.folder, len(item.warnings))
         async with self.services.db.write() as conn:
-            result = await self._ingest(conn, parsed)
+            # Only new mail proves an address works again; a first sync or a resync
+            # also reads old mail from before a bounce.
+            result = await self._ingest(
+                conn, parsed, lift_bounces=not (batch.initial or batch.resync)
+            )
         for stored in result.changed:
             self.services.publisher.publish("timeline", stored)
         created = result.count("created")
@@ -97,56 +104,77 @@ class MailIngest:
             " (resync)" if batch.resync else "",
         )
 
-    async def _ingest(self, conn: AsyncConnection, parsed: list[ParsedEmail]) -> IngestResult:
+    async def _ingest(
+        self, conn: AsyncConnection, parsed: list[ParsedEmail], *, lift_bounces: bool = True
+    ) -> IngestResult:
+        # Threading for the whole batch: one lookup, decisions in memory (later messages
+        # of the batch see earlier ones), then two statements to store them.
+        keys = {k for item in parsed for k in item.thread.lookup_keys()}
+        table = await mailstore.known_threads(conn, sorted(keys))
+        new_ids: dict[str, str] = {}
+        subjects: dict[str, str] = {}
         events: list[Event] = []
-        # Threads within the batch see each other: decisions are remembered as we go.
         for item in parsed:
-            decision = await assign_thread(
-                item.thread, lambda keys: mailstore.known_threads(conn, keys)
-            )
-            await mailstore.remember_thread(
-                conn, decision.key, decision.new_ids, decision.subject_key
-            )
+            decision = decide_thread(item.thread, table)
+            remember(table, decision)
+            for message_id in decision.new_ids:
+                new_ids.setdefault(message_id, decision.key)
+            if decision.subject_key:
+                subjects[decision.subject_key] = decision.key
             for event in item.events():
-                events.append(
-                    dataclasses.replace(event, thread_key=decision.key)
-                    if event.external_id == item.message_id
-                    else event
-                )
+                if event.external_id == item.message_id:
+                    event = dataclasses.replace(event, thread_key=decision.key)
+                if (
+                    not event.update_only
+                    and event.customer_id is None
+                    and event.counterpart is None
+                ):
+                    # No usable address: keep the message, on the unknown sender's timeline.
+                    if event.direction is Direction.INBOUND:
+                        event = dataclasses.replace(event, sender=UNKNOWN_SENDER)
+                    else:
+                        event = dataclasses.replace(event, recipient=UNKNOWN_SENDER)
+                events.append(event)
+        await mailstore.remember_threads(conn, new_ids, subjects)
         result = await ingest_batch(
             conn, events, region=self.services.settings.default_region, files=self.services.files
         )
-        for item in parsed:
-            await self._bounces(conn, item, result)
+        for outcome in result.outcomes:
+            if outcome.kind == "rejected":
+                log.warning("a message was not stored: %s", outcome.reason)
+        await self._bounces(conn, parsed, result, lift=lift_bounces)
         return result
 
     async def _bounces(
-        self, conn: AsyncConnection, item: ParsedEmail, result: IngestResult
+        self, conn: AsyncConnection, parsed: list[ParsedEmail], result: IngestResult, *, lift: bool
     ) -> None:
-        report = item.report
-        if report is None:
-            if item.event.direction is Direction.INBOUND and item.event.sender is not None:
-                await mailstore.clear_bounce(conn, item.event.sender.value.lower())
-            return
-        event_id = next(
-            (
-                o.event.id
-                for o in result.outcomes
-                if o.event is not None and o.event.external_id == item.message_id
-            ),
-            None,
-        )
-        for recipient in report.failed:
-            if not recipient.address:
+        created = {
+            o.event.external_id: o.event
+            for o in result.outcomes
+            if o.kind == "created" and o.event is not None
+        }
+        if lift:
+            mail_from = {
+                e.sender.lower()
+                for e in created.values()
+                if e.direction == Direction.INBOUND.value and e.kind == "message" and e.sender
+            }
+            await mailstore.clear_bounces(conn, mail_from)
+        for item in parsed:
+            report = item.report
+            if report is None or item.message_id not in created:
                 continue
-            await mailstore.record_bounce(
-                conn,
-                recipient.address.lower(),
-                hard=recipient.hard,
-                status=recipient.status,
-                event_id=event_id,
-                at=item.event.occurred_at,
-            )
+            for recipient in report.failed:
+                if not recipient.address:
+                    continue
+                await mailstore.record_bounce(
+                    conn,
+                    recipient.address.lower(),
+                    hard=recipient.hard,
+                    status=recipient.status,
+                    event_id=created[item.message_id].id,
+                    at=item.event.occurred_at,
+                )
 
     def since(self) -> date:
         """The oldest day a first sync reads."""

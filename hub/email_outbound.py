@@ -93,7 +93,11 @@ async def queue_email(
         if parent.customer_id != customer_id:
             raise Refused("bad_reply_to", "reply_to must be an email event of this customer")
         in_reply_to = parent.external_id
-        references = [*list(parent.data.get("references") or []), parent.external_id]
+        # RFC 5322 3.6.4: the parent's References, else its In-Reply-To, then the parent.
+        ancestors = list(parent.data.get("references") or [])
+        if not ancestors and parent.data.get("in_reply_to"):
+            ancestors = [str(parent.data["in_reply_to"])]
+        references = [*ancestors, parent.external_id]
         subject = reply_subject(subject or parent.subject or "")
         thread = parent.thread_key or parent.external_id
     if not subject:

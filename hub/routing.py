@@ -21,9 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hub import audit
 from hub.auth import Agent
 from hub.errors import ApiError, answer_for
+from timeline import customers as customer_ops
 from timeline import idempotency
+from timeline.db import Database
 from timeline.errors import TimelineError
 from timeline.idempotency import Answer, AnswerError
 from timeline.store import BadCursor
@@ -80,6 +83,37 @@ class Ctx:
         """The authenticated agent (every endpoint with a role has one)."""
         assert self._agent is not None
         return self._agent
+
+    @property
+    def teams(self) -> frozenset[str] | None:
+        """The teams whose customers this agent sees; None: every customer.
+
+        Object-level access control (OWASP ASVS 5.0 V8.2.2): supervisors and admins see
+        every customer, an agent those of their team and the unassigned ones.
+        """
+        return team_scope(self.agent)
+
+    async def require_visible(self, conn: AsyncConnection, customer_id: str) -> None:
+        """NotFound (404, never 403: ids cannot be probed) unless the agent sees it."""
+        await customer_ops.require_visible(conn, customer_id, self.teams)
+
+    async def audit(
+        self,
+        target: AsyncConnection | Database,
+        action: str,
+        *,
+        customer_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """An audit record of this request's agent (in ``target``'s transaction)."""
+        await audit.request_record(
+            target,
+            self.request,
+            action,
+            agent_id=self._agent.id if self._agent else None,
+            customer_id=customer_id,
+            detail=detail,
+        )
 
     def path(self, name: str) -> str:
         """A path parameter."""
@@ -150,6 +184,13 @@ class Ctx:
         self.after_commit.clear()
 
 
+def team_scope(agent: Agent) -> frozenset[str] | None:
+    """The teams whose customers ``agent`` sees; None: all (supervisor and above)."""
+    if agent.has_role("supervisor"):
+        return None
+    return frozenset({agent.team}) if agent.team else frozenset()
+
+
 def json_answer(answer: Answer) -> Response:
     """A stored or fresh answer as a response."""
     if answer.status == 204:
@@ -191,14 +232,44 @@ def to_route(
                     raise ApiError(
                         403, "forbidden", f"this needs the {endpoint.role} role or above"
                     )
-            return await endpoint.handler(Ctx(request, services, agent))
+            response = await endpoint.handler(Ctx(request, services, agent))
         except (TimelineError, AnswerError, BadCursor) as exc:
             answer = answer_for(exc)
             assert answer is not None
-            return json_answer(answer)
+            response = json_answer(answer)
+        if response.status_code in (401, 403):
+            await _audit_denial(services, request, agent, response.status_code)
+        return response
 
     call.__name__ = endpoint.handler.__name__
     return call
+
+
+async def _audit_denial(
+    services: Services, request: Request, agent: Agent | None, status: int
+) -> None:
+    """Denied access is audited (OWASP ASVS 5.0 V16.3.2) and logged at WARNING."""
+    ip = audit.client_ip(request)
+    # The path as the client sent it (decoded): ``request.url`` would drop CR/LF/TAB.
+    path = str(request.scope.get("path", ""))[:500]
+    log.warning(
+        "denied %s %s with %d to %s from %s",
+        request.method,
+        path,
+        status,
+        f"agent {agent.id}" if agent else "no valid token",
+        ip,
+    )
+    try:
+        await audit.record(
+            services.db,
+            "access.denied",
+            agent_id=agent.id if agent else None,
+            detail={"method": request.method, "path": path, "status": status},
+            ip=ip,
+        )
+    except Exception:  # an answer is never lost for its audit record; the log line stays
+        log.exception("could not write the audit record of a denial")
 
 
 def to_routes(endpoints: list[Endpoint], services_of: Callable[[Request], Services]) -> list[Route]:

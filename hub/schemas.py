@@ -8,7 +8,7 @@ real answers against it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +51,11 @@ class CustomerPatch(_In):
     attributes: dict[str, Any] | None = None
     add: IdentitySet | None = None
     remove: IdentitySet | None = None
+    teams: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None,
+        max_length=20,
+        description="replaces the customer's teams (supervisor or above; [] unassigns)",
+    )
 
 
 class MergeIn(_In):
@@ -114,6 +119,9 @@ class CustomerOut(BaseModel):
     updated_at: str
     merged_into: str | None
     erased_at: str | None
+    teams: list[str] | None = Field(
+        default=None, description="the customer's teams (in the answer to a PATCH of teams)"
+    )
 
 
 class CustomerList(BaseModel):

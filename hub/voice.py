@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from channels.twilio import voice
+from channels.twilio import twiml, voice
 from channels.twilio.errors import PayloadError
 from hub.services import Services
 from hub.twilio_webhooks import json_error, verified_form
@@ -120,7 +120,7 @@ async def inbound_call(request: Request) -> Response:
         services.publisher.publish(
             "call", anonymous_pop(sid, event.sender.value, event.recipient.value)
         )
-        return _twiml(voice.route_call(routing(services.settings), **_urls(services, None)))
+        return _twiml(twiml.route_call(routing(services.settings), **_urls(services, None)))
     stored = outcome.event
     if stored is None:  # Twilio asked again: the call is stored already
         async with services.db.read() as conn:
@@ -146,7 +146,7 @@ async def inbound_call(request: Request) -> Response:
     finally:
         await row
     log.info("incoming call %s: %s, event %s", sid, outcome.kind, stored.id)
-    return _twiml(voice.route_call(routing(services.settings), **_urls(services, stored.id)))
+    return _twiml(twiml.route_call(routing(services.settings), **_urls(services, stored.id)))
 
 
 async def call_status(request: Request) -> Response:
@@ -223,10 +223,10 @@ async def dial_result(request: Request) -> Response:
     if applied is not None and applied.changed:
         _publish(services, applied, await read_pop(services.db, applied.event))
     if not offer_voicemail:
-        return _twiml(voice.hangup())
+        return _twiml(twiml.hangup())
     urls = _urls(services, applied.event.id if applied else None)
     return _twiml(
-        voice.voicemail(
+        twiml.voicemail(
             services.settings.twilio_voicemail_prompt,
             action=urls["voicemail_action"],
             recording_callback=urls["recording_callback"],
@@ -267,13 +267,13 @@ async def bridge(request: Request) -> Response:
             applied = await apply_status(conn, update, hint=event.id)
     if not usable or event is None:
         log.warning("bridge of call %s: no outbound call event %s", update.call_sid, event_id)
-        return _twiml(voice.hangup(NOT_CONNECTED))
+        return _twiml(twiml.hangup(NOT_CONNECTED))
     if applied is not None and applied.changed:
         _publish(services, applied, await read_pop(services.db, applied.event))
     assert event.recipient is not None and event.sender is not None
     query = {"event": event.id}
     return _twiml(
-        voice.bridge(
+        twiml.bridge(
             event.recipient,
             caller_id=event.sender,
             status_callback=webhook_url(settings, WEBHOOK_STATUS, **query),

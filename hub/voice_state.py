@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from channels.twilio import voice
+from channels.twilio import twiml, voice
 from channels.twilio.signature import public_url_for
 from config import Settings
 from timeline import calls, store
@@ -60,9 +60,9 @@ def webhook_url(settings: Settings, path: str, **query: str) -> str:
     return public_url_for(settings.public_url, path, urlencode(query))
 
 
-def routing(settings: Settings) -> voice.Routing:
+def routing(settings: Settings) -> twiml.Routing:
     """The inbound routing the ``TWILIO_VOICE_*`` settings ask for."""
-    return voice.Routing(
+    return twiml.Routing(
         route=_ROUTES[settings.twilio_voice_route],
         clients=settings.twilio_voice_clients,
         numbers=settings.twilio_voice_agent_numbers,

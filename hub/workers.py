@@ -80,6 +80,29 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
 
         jobs["sms-reconcile"] = (reconcile, RECONCILE_EVERY)
         jobs["mms-media"] = (fetch_media, MEDIA_EVERY)
+    if services.settings.channel_enabled("smtp"):
+        from hub.email_sender import EmailSender
+
+        loops["email-sender"] = EmailSender(services).run_forever
+    if services.settings.channel_enabled("imap"):
+        from channels.email.imap import ImapConfig
+        from hub.email_ingest import MailIngest
+
+        mail = MailIngest(services)
+        config = ImapConfig.from_settings(services.settings)
+
+        async def watch_mail() -> None:
+            # A failure ends the folder watchers; start them again after a pause.
+            while True:
+                try:
+                    await mail.watch(config, asyncio.Event())
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("imap ingest stopped; restarting in 30 s")
+                await asyncio.sleep(30)
+
+        loops["imap-ingest"] = watch_mail
     return jobs, loops
 
 

@@ -19,7 +19,7 @@ from timeline.errors import Conflict, InvalidIdentity, NotFound
 from timeline.events import Identity, IdentityKind, utcnow
 from timeline.ids import new_id
 from timeline.records import Customer
-from timeline.schema import consents, customers, events, identities
+from timeline.schema import consents, customer_teams, customers, events, identities
 from timeline.search import matching_customer_ids
 from timeline.sql import chunks, insert_ignoring
 
@@ -273,11 +273,19 @@ async def update(
     await _add_identities(conn, customer_id, add)
 
 
-async def search(conn: AsyncConnection, q: str, *, limit: int, offset: int) -> list[str]:
+async def search(
+    conn: AsyncConnection,
+    q: str,
+    *,
+    limit: int,
+    offset: int,
+    teams: frozenset[str] | None = None,
+) -> list[str]:
     """Ids of active customers whose name, identity or message text matches ``q``.
 
     Names and identities match by substring (case-insensitive); messages by full-text
-    search (``timeline.search``). Ordered by name, then id.
+    search (``timeline.search``). Ordered by name, then id. Only customers visible to
+    ``teams`` (see :func:`visible_to`).
     """
     pattern = f"%{_escape_like(q.strip().lower())}%"
     by_name = sa.select(customers.c.id).where(
@@ -294,6 +302,7 @@ async def search(conn: AsyncConnection, q: str, *, limit: int, offset: int) -> l
             customers.c.id.in_(sa.select(ids.c.id)),
             customers.c.erased_at.is_(None),
             customers.c.merged_into.is_(None),
+            visible_to(teams),
         )
         .order_by(customers.c.name, customers.c.id)
         .limit(limit)
@@ -302,11 +311,17 @@ async def search(conn: AsyncConnection, q: str, *, limit: int, offset: int) -> l
     return list((await conn.execute(query)).scalars())
 
 
-async def recent(conn: AsyncConnection, *, limit: int, offset: int) -> list[str]:
-    """Ids of active customers, most recently changed first (the list without a query)."""
+async def recent(
+    conn: AsyncConnection, *, limit: int, offset: int, teams: frozenset[str] | None = None
+) -> list[str]:
+    """Ids of active customers visible to ``teams``, most recently changed first."""
     query = (
         sa.select(customers.c.id)
-        .where(customers.c.erased_at.is_(None), customers.c.merged_into.is_(None))
+        .where(
+            customers.c.erased_at.is_(None),
+            customers.c.merged_into.is_(None),
+            visible_to(teams),
+        )
         .order_by(customers.c.updated_at.desc(), customers.c.id.desc())
         .limit(limit)
         .offset(offset)
@@ -340,3 +355,89 @@ async def require_exists(conn: AsyncConnection, customer_id: str) -> None:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- teams: which agents see which customers (docs/security.md)
+
+
+def visible_to(teams: frozenset[str] | None) -> sa.ColumnElement[bool]:
+    """A condition on ``customers.c.id``: the customer is visible to agents of ``teams``.
+
+    None sees every customer. Otherwise a customer without team rows (unassigned) is
+    visible, and one with rows only when a row names one of ``teams``.
+    """
+    if teams is None:
+        return sa.true()
+    assigned = sa.exists().where(customer_teams.c.customer_id == customers.c.id)
+    if not teams:
+        return ~assigned
+    ours = sa.exists().where(
+        customer_teams.c.customer_id == customers.c.id,
+        customer_teams.c.team.in_(sorted(teams)),
+    )
+    return sa.or_(~assigned, ours)
+
+
+async def is_visible(conn: AsyncConnection, customer_id: str, teams: frozenset[str] | None) -> bool:
+    """Whether the customer exists (in any state) and is visible to ``teams``."""
+    if teams is None:
+        return True
+    query = sa.select(customers.c.id).where(customers.c.id == customer_id, visible_to(teams))
+    return (await conn.execute(query)).first() is not None
+
+
+async def require_visible(
+    conn: AsyncConnection, customer_id: str, teams: frozenset[str] | None
+) -> None:
+    """NotFound for a customer that ``teams`` may not see (as for one that does not exist).
+
+    A customer that does not exist passes here; the caller's own lookup answers that.
+    """
+    if teams is None:
+        return
+    row = (
+        await conn.execute(
+            sa.select(customers.c.id, visible_to(teams).label("visible")).where(
+                customers.c.id == customer_id
+            )
+        )
+    ).one_or_none()
+    if row is not None and not row.visible:
+        raise NotFound("customer", customer_id)
+
+
+async def visible_ids(
+    conn: AsyncConnection, customer_ids: Iterable[str], teams: frozenset[str] | None
+) -> set[str]:
+    """Those of ``customer_ids`` that ``teams`` may see."""
+    wanted = list(dict.fromkeys(customer_ids))
+    if teams is None:
+        return set(wanted)
+    found: set[str] = set()
+    for part in chunks(wanted):
+        rows = await conn.execute(
+            sa.select(customers.c.id).where(customers.c.id.in_(part), visible_to(teams))
+        )
+        found.update(rows.scalars())
+    return found
+
+
+async def teams_of(conn: AsyncConnection, customer_id: str) -> list[str]:
+    """The customer's teams, sorted (empty: unassigned, visible to every agent)."""
+    rows = await conn.execute(
+        sa.select(customer_teams.c.team)
+        .where(customer_teams.c.customer_id == customer_id)
+        .order_by(customer_teams.c.team)
+    )
+    return list(rows.scalars())
+
+
+async def set_teams(conn: AsyncConnection, customer_id: str, teams: Iterable[str]) -> None:
+    """Replace the customer's teams (an empty list unassigns)."""
+    await require_active(conn, customer_id)
+    await conn.execute(customer_teams.delete().where(customer_teams.c.customer_id == customer_id))
+    wanted = sorted({t for t in teams})
+    if wanted:
+        await conn.execute(
+            customer_teams.insert(), [{"customer_id": customer_id, "team": t} for t in wanted]
+        )

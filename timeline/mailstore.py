@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from timeline.events import utcnow
 from timeline.records import iso
 from timeline.schema import bounces, mail_checkpoints, thread_keys
-from timeline.sql import chunks, insert_ignoring
+from timeline.sql import chunks, insert_ignoring, upsert
 
 
 async def load_checkpoint(conn: AsyncConnection, folder: str) -> tuple[int, int] | None:
@@ -82,6 +82,37 @@ async def remember_thread(
                     key=subject_key, thread_key=thread_key, updated_at=now
                 )
             )
+
+
+async def remember_threads(
+    conn: AsyncConnection, new_ids: Mapping[str, str], subjects: Mapping[str, str]
+) -> None:
+    """Store a batch of threading decisions in two statements.
+
+    ``new_ids`` (id -> thread) are added only where absent; ``subjects`` (subject key ->
+    thread) replace what is there, so a subject leads to its newest thread.
+    """
+    now = utcnow()
+    if new_ids:
+        await conn.execute(
+            insert_ignoring(conn, thread_keys, ["key"]),
+            [{"key": k, "thread_key": t, "updated_at": now} for k, t in new_ids.items()],
+        )
+    if subjects:
+        insert = upsert(conn, thread_keys)
+        await conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"thread_key": insert.excluded.thread_key, "updated_at": now},
+            ),
+            [{"key": k, "thread_key": t, "updated_at": now} for k, t in subjects.items()],
+        )
+
+
+async def clear_bounces(conn: AsyncConnection, addresses: Collection[str]) -> None:
+    """Addresses that wrote to us work again."""
+    if addresses:
+        await conn.execute(bounces.delete().where(bounces.c.address.in_(sorted(addresses))))
 
 
 async def record_bounce(

@@ -260,3 +260,52 @@ bounces = sa.Table(
     sa.Column("event_id", ID),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# -- console sessions (migration 0005)
+
+#: Agents' console sessions (``hub.sessions``): only the SHA-256 of the cookie's random
+#: value is stored, with the session's CSRF token; a session ends when idle too long,
+#: at its absolute expiry, or at logout (the row is deleted).
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("agent_id", ID, sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_console_sessions_agent", "agent_id"),
+    sa.Index("ix_console_sessions_expires", "expires_at"),
+)
+
+# -- audit and teams (migration 0004)
+
+#: The audit log (``timeline.audit``, OWASP ASVS 5.0 V16): append-only, who did what to
+#: which customer, when and from where. ``agent_id`` is the actor (null: the command
+#: line); ``detail`` holds ids and codes, never message bodies or identities.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("agent_id", ID),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("customer_id", ID),
+    sa.Column("detail", JSONType, nullable=False),
+    sa.Column("ip", sa.String(64)),
+    sa.Index("ix_audit_log_at", "at", "id"),
+    sa.Index("ix_audit_log_customer", "customer_id", "at"),
+    sa.Index("ix_audit_log_agent", "agent_id", "at"),
+)
+
+#: The teams a customer belongs to (``timeline.customers`` scoping). A customer without
+#: a row is unassigned and visible to every agent; with rows, only to those teams' agents
+#: (supervisors and admins see every customer).
+customer_teams = sa.Table(
+    "customer_teams",
+    metadata,
+    sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), primary_key=True),
+    sa.Column("team", sa.String(100), primary_key=True),
+    sa.Index("ix_customer_teams_team", "team"),
+)

@@ -145,6 +145,16 @@ def _email(address: str | None) -> Identity | None:
     return Identity(IdentityKind.EMAIL, address) if address else None
 
 
+def synthetic_message_id(raw: bytes) -> str:
+    """A stable id for a message without a Message-ID, whatever its line endings.
+
+    IMAP servers store and return messages with CRLF (RFC 3501 2.3.4 literals), so the
+    same message read from a file and from a server must hash alike.
+    """
+    canonical = raw.replace(b"\r\n", b"\n").rstrip(b"\n")
+    return f"<{hashlib.sha256(canonical).hexdigest()}@commhub.invalid>"
+
+
 def parse_message(
     raw: bytes,
     *,
@@ -165,7 +175,7 @@ def parse_message(
         # Each step tolerates what real mail does; this is the net for what fuzzing
         # may still find: keep the message (raw bytes stay with the caller), flag it.
         warning = f"unparseable message ({type(exc).__name__})"
-        message_id = f"<{hashlib.sha256(raw).hexdigest()}@commhub.invalid>"
+        message_id = synthetic_message_id(raw)
         direction = Direction.OUTBOUND if folder_is_sent else Direction.INBOUND
         event = Event(
             channel=Channel.EMAIL,
@@ -198,7 +208,7 @@ def _parse(
 
     ids = message_ids(raw_header(msg, "Message-ID"))
     synthesized = not ids
-    message_id = ids[0] if ids else f"<{hashlib.sha256(raw).hexdigest()}@commhub.invalid>"
+    message_id = ids[0] if ids else synthetic_message_id(raw)
     if synthesized:
         warnings.append("no Message-ID: synthesized from the content")
     in_reply_to = message_ids(raw_header(msg, "In-Reply-To"))

@@ -74,13 +74,18 @@ async def list_customers(ctx: Ctx) -> Response:
                 else Identity(IdentityKind.EMAIL, normalize_email(email or "", field="email"))
             )
             owner = await customer_ops.find(conn, ident)
-            ids = [owner] if owner else []
+            # A customer of another team is not found, exactly like an unknown one.
+            ids = [owner] if owner and await customer_ops.is_visible(conn, owner, ctx.teams) else []
             more = False
         else:
             if q and q.strip():
-                ids = await customer_ops.search(conn, q, limit=limit + 1, offset=offset)
+                ids = await customer_ops.search(
+                    conn, q, limit=limit + 1, offset=offset, teams=ctx.teams
+                )
             else:
-                ids = await customer_ops.recent(conn, limit=limit + 1, offset=offset)
+                ids = await customer_ops.recent(
+                    conn, limit=limit + 1, offset=offset, teams=ctx.teams
+                )
             more = len(ids) > limit
             ids = ids[:limit]
         items = [(await customer_ops.get(conn, cid)).to_json() for cid in ids]
@@ -106,6 +111,7 @@ async def create_customer(ctx: Ctx) -> Response:
 async def get_customer(ctx: Ctx) -> Response:
     """A customer with identities, consent and counts."""
     async with ctx.services.db.read() as conn:
+        await ctx.require_visible(conn, ctx.path("id"))
         customer = await customer_ops.get(conn, ctx.path("id"))
     if customer.erased_at is not None:
         raise ApiError(404, "not_found", f"no customer {ctx.path('id')!r}")
@@ -125,12 +131,29 @@ async def patch_customer(ctx: Ctx) -> Response:
     if "timezone" in given:
         fields["timezone"] = customer_ops.check_timezone(body.timezone)
     customer_id = ctx.path("id")
+    if body.teams is not None and not ctx.agent.has_role("supervisor"):
+        raise ApiError(403, "forbidden", "teams: changing teams needs the supervisor role")
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, customer_id)
         await customer_ops.update(
             conn, customer_id, attributes=body.attributes, add=add, remove=remove, **fields
         )
-        return Answer(200, (await customer_ops.get(conn, customer_id)).to_json())
+        if body.teams is not None:
+            before = await customer_ops.teams_of(conn, customer_id)
+            await customer_ops.set_teams(conn, customer_id, body.teams)
+            after = await customer_ops.teams_of(conn, customer_id)
+            if before != after:
+                await ctx.audit(
+                    conn,
+                    "customer.teams",
+                    customer_id=customer_id,
+                    detail={"from": before, "to": after},
+                )
+        changed = (await customer_ops.get(conn, customer_id)).to_json()
+        if body.teams is not None:
+            changed["teams"] = await customer_ops.teams_of(conn, customer_id)
+        return Answer(200, changed)
 
     return await ctx.write(op)
 
@@ -141,7 +164,15 @@ async def merge_customer(ctx: Ctx) -> Response:
     target_id = ctx.path("id")
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, target_id)
+        await ctx.require_visible(conn, body.other_id)
         merge_id = await merge_ops.merge(conn, target_id, body.other_id, actor=ctx.agent.id)
+        await ctx.audit(
+            conn,
+            "customer.merge",
+            customer_id=target_id,
+            detail={"merge_id": merge_id, "other_id": body.other_id},
+        )
         record = next(m for m in await merge_ops.history(conn, target_id) if m["id"] == merge_id)
         customer = await customer_ops.get(conn, target_id)
         return Answer(200, {"merge": record, "customer": customer.to_json()})
@@ -152,6 +183,7 @@ async def merge_customer(ctx: Ctx) -> Response:
 async def list_merges(ctx: Ctx) -> Response:
     """Merges into or out of a customer, newest first."""
     async with ctx.services.db.read() as conn:
+        await ctx.require_visible(conn, ctx.path("id"))
         await customer_ops.require_exists(conn, ctx.path("id"))
         items = await merge_ops.history(conn, ctx.path("id"))
     return JSONResponse({"items": items, "next": None})
@@ -162,6 +194,12 @@ async def undo_merge(ctx: Ctx) -> Response:
 
     async def op(conn: AsyncConnection) -> Answer:
         target_id, other_id = await merge_ops.unmerge(conn, ctx.path("id"))
+        await ctx.audit(
+            conn,
+            "customer.unmerge",
+            customer_id=target_id,
+            detail={"merge_id": ctx.path("id"), "other_id": other_id},
+        )
         target = await customer_ops.get(conn, target_id)
         other = await customer_ops.get(conn, other_id)
         return Answer(200, {"target": target.to_json(), "other": other.to_json()})
@@ -226,12 +264,13 @@ ENDPOINTS = [
         "PATCH",
         "/api/v1/customers/{id}",
         patch_customer,
-        "Change fields, add or remove identities",
+        "Change fields, add or remove identities, set teams (supervisor or above)",
         "agent",
         {
             200: ("the changed customer", schemas.CustomerOut),
             400: ("malformed JSON", _ERR),
             401: ("no valid token", _ERR),
+            403: ("teams given without the supervisor role", _ERR),
             404: ("no such customer or identity", _ERR),
             409: ("an identity belongs to another customer, or this one was merged", _ERR),
             422: ("an invalid field", _ERR),

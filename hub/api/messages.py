@@ -43,6 +43,7 @@ async def send_message(ctx: Ctx) -> Response:
     services = ctx.services
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, body.customer_id)
         try:
             if body.channel == "sms":
                 event = await queue_sms(

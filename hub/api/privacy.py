@@ -20,8 +20,16 @@ log = logging.getLogger(__name__)
 async def export_customer(ctx: Ctx) -> Response:
     """Everything held about a customer, as one JSON document."""
     customer_id = ctx.path("id")
-    async with ctx.services.db.read() as conn:
+    async with ctx.services.db.write() as conn:
+        await ctx.require_visible(conn, customer_id)
         data = await privacy.export(conn, customer_id)
+        # The record commits with the read: no export leaves without its audit record.
+        await ctx.audit(
+            conn,
+            "customer.export",
+            customer_id=customer_id,
+            detail={"events": len(data["events"]), "documents": len(data["documents"])},
+        )
     log.info("export of customer %s by agent %s", customer_id, ctx.agent.id)
     return JSONResponse(
         data,
@@ -35,7 +43,11 @@ async def erase_customer(ctx: Ctx) -> Response:
     files = ctx.services.files
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, customer_id)
         hashes = await privacy.erase(conn, customer_id)
+        await ctx.audit(
+            conn, "customer.erase", customer_id=customer_id, detail={"files": len(hashes)}
+        )
 
         def delete_files() -> None:
             for sha in hashes:

@@ -39,6 +39,7 @@ async def get_timeline(ctx: Ctx) -> Response:
         )
     customer_id = ctx.path("id")
     async with ctx.services.db.read() as conn:
+        await ctx.require_visible(conn, customer_id)
         items, nxt = await store.page(
             conn,
             customer_id,
@@ -68,6 +69,7 @@ async def add_note(ctx: Ctx) -> Response:
     )
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, customer_id)
         await customer_ops.require_active(conn, customer_id)
         result = await ingest_batch(conn, [note], region=services.settings.default_region)
         stored = result.outcomes[0].event
@@ -119,6 +121,7 @@ async def upload_document(ctx: Ctx) -> Response:
         raise ApiError(400, "bad_request", "expected multipart/form-data with a file field")
     customer_id = ctx.path("id")
     async with services.db.read() as conn:
+        await ctx.require_visible(conn, customer_id)
         await customer_ops.require_active(conn, customer_id)
     limited = _Limited(request, limit + envelope)
     receive_request = Request(request.scope, _receive_from(limited.chunks()))
@@ -147,6 +150,7 @@ async def upload_document(ctx: Ctx) -> Response:
         await form.close()
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, customer_id)
         document, event = await document_ops.add_upload(
             conn,
             customer_id,
@@ -178,6 +182,8 @@ async def download_document(ctx: Ctx) -> Response:
     """Download a document's file (always as an attachment, never rendered inline)."""
     async with ctx.services.db.read() as conn:
         document = await document_ops.get(conn, ctx.path("id"))
+        if not await customer_ops.is_visible(conn, document.customer_id, ctx.teams):
+            raise ApiError(404, "not_found", f"no document {ctx.path('id')!r}")
     if document.sha256 is None or not ctx.services.files.exists(document.sha256):
         raise ApiError(404, "not_found", "the file is not (yet) stored")
     return FileResponse(
@@ -192,6 +198,7 @@ async def download_document(ctx: Ctx) -> Response:
 async def list_documents(ctx: Ctx) -> Response:
     """A customer's documents, newest first."""
     async with ctx.services.db.read() as conn:
+        await ctx.require_visible(conn, ctx.path("id"))
         await customer_ops.require_exists(conn, ctx.path("id"))
         docs = await document_ops.for_customer(conn, ctx.path("id"))
     return JSONResponse({"items": [d.to_json() for d in docs], "next": None})

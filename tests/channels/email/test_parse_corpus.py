@@ -212,7 +212,9 @@ def test_missing_message_id_is_synthesized_stably_from_the_bytes() -> None:
     first = parse_message(raw, our_addresses=OURS).message_id
     assert first == parse_message(raw, our_addresses=OURS).message_id
     assert first.endswith("@commhub.invalid>")
-    assert parse_message(raw + b"\n", our_addresses=OURS).message_id != first
+    # Another message gets another id; the same one with CRLF (as IMAP returns it) does not.
+    assert parse_message(raw + b"P.S.\n", our_addresses=OURS).message_id != first
+    assert parse_message(raw.replace(b"\n", b"\r\n"), our_addresses=OURS).message_id == first
 
 
 def test_missing_date_falls_back_to_received_at() -> None:
