@@ -51,6 +51,15 @@ def our_addresses(settings: Settings) -> list[str]:
     return ours
 
 
+def _resolve(renamed: dict[str, str], key: str | None) -> str:
+    seen = set()
+    while key in renamed and key not in seen:
+        seen.add(key)
+        key = renamed[key]
+    assert key is not None
+    return key
+
+
 class MailIngest:
     """Turns fetched batches into timeline events, checkpoints in the database."""
 
@@ -114,8 +123,25 @@ class MailIngest:
         new_ids: dict[str, str] = {}
         subjects: dict[str, str] = {}
         events: list[Event] = []
+        renamed: dict[str, str] = {}
         for item in parsed:
             decision = decide_thread(item.thread, table)
+            # A message known by its own id (a reply to it came first) whose ancestor is
+            # in another thread joins the two: the ancestor's thread absorbs the other.
+            joined = next(
+                (
+                    table[a]
+                    for a in item.thread.ancestors
+                    if a in table and table[a] != decision.key
+                ),
+                None,
+            )
+            if joined is not None:
+                renamed[decision.key] = joined
+                for key, thread in list(table.items()):
+                    if thread == decision.key:
+                        table[key] = joined
+                decision = dataclasses.replace(decision, key=joined)
             remember(table, decision)
             for message_id in decision.new_ids:
                 new_ids.setdefault(message_id, decision.key)
@@ -135,6 +161,16 @@ class MailIngest:
                     else:
                         event = dataclasses.replace(event, recipient=UNKNOWN_SENDER)
                 events.append(event)
+        for old_key, new_key in renamed.items():
+            await mailstore.rename_thread(conn, old_key, new_key)
+        new_ids = {k: _resolve(renamed, t) for k, t in new_ids.items()}
+        subjects = {k: _resolve(renamed, t) for k, t in subjects.items()}
+        events = [
+            dataclasses.replace(e, thread_key=_resolve(renamed, e.thread_key))
+            if e.thread_key in renamed
+            else e
+            for e in events
+        ]
         await mailstore.remember_threads(conn, new_ids, subjects)
         result = await ingest_batch(
             conn, events, region=self.services.settings.default_region, files=self.services.files

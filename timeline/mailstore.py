@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline.events import utcnow
 from timeline.records import iso
-from timeline.schema import bounces, mail_checkpoints, thread_keys
+from timeline.schema import bounces, events, mail_checkpoints, thread_keys
 from timeline.sql import chunks, insert_ignoring, upsert
 
 
@@ -107,6 +107,21 @@ async def remember_threads(
             ),
             [{"key": k, "thread_key": t, "updated_at": now} for k, t in subjects.items()],
         )
+
+
+async def rename_thread(conn: AsyncConnection, old: str, new: str) -> None:
+    """Two threads turned out to be one: everything of ``old`` moves to ``new``."""
+    now = utcnow()
+    await conn.execute(
+        thread_keys.update()
+        .where(thread_keys.c.thread_key == old)
+        .values(thread_key=new, updated_at=now)
+    )
+    await conn.execute(
+        events.update()
+        .where(events.c.channel == "email", events.c.thread_key == old)
+        .values(thread_key=new, updated_at=now)
+    )
 
 
 async def clear_bounces(conn: AsyncConnection, addresses: Collection[str]) -> None:

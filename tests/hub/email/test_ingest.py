@@ -267,15 +267,6 @@ async def test_a_whole_thread_read_newest_first_in_one_batch_is_one_thread(
     assert len(keys) == 1, keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ids are mapped to a thread insert-if-absent and threads never merge: a "
-        "reply seen before its parent, when the parent's own parent is already in "
-        "another thread, splits the conversation (hub/email_ingest.py _ingest uses "
-        "decide_thread's own-id key and ignores the known ancestor's thread)"
-    ),
-)
 async def test_a_late_middle_message_joins_both_ends_of_its_thread(mail_hub: MailHub) -> None:
     frm = "lea@example.org"
     # The grandchild (In-Reply-To only, as some clients send) and the root come first...
