@@ -32,10 +32,10 @@ from hub.ratelimit import Spacer
 from hub.services import Services
 from timeline import consent, outbox
 from timeline.events import Channel, utcnow
-from timeline.ingest import advance, attach_external_id, ingest_batch, restart_delivery
+from timeline.ingest import advance, ingest_batch, record_sends, restart_delivery
 from timeline.outbox import OutboxItem
 from timeline.records import StoredEvent
-from timeline.schema import events
+from timeline.schema import consents, events
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +128,28 @@ class SmsSender:
                 )
             )
             owners = {r.id: r.customer_id for r in rows}
-            objections = {}
-            for item in items:
-                purpose = item.payload.get("purpose", consent.TRANSACTIONAL)
-                objections[item.id] = await consent.objection(
-                    conn, owners[item.event_id], Channel.SMS.value, purpose
+            # One query for the batch: who objects to which purpose.
+            refusals = await conn.execute(
+                sa.select(consents.c.customer_id, consents.c.purpose).where(
+                    consents.c.customer_id.in_(set(owners.values())),
+                    consents.c.channel == Channel.SMS.value,
+                    consents.c.state == consent.OPTED_OUT,
                 )
+            )
+            refused = {(r.customer_id, r.purpose) for r in refusals}
+        objections = {
+            item.id: (
+                owners[item.event_id],
+                item.payload.get("purpose", consent.TRANSACTIONAL),
+            )
+            in refused
+            for item in items
+        }
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(item: OutboxItem) -> _Result:
             customer_id = owners[item.event_id]
-            objection = objections[item.id]
-            if objection is not None:
+            if objections[item.id]:
                 return _Result(item, customer_id, "skipped", error="opted out", code=None)
             # The slot first: a backlog on one number must not hold send places
             # another number could use.
@@ -187,15 +197,21 @@ class SmsSender:
 
     async def _record(self, results: list[_Result]) -> None:
         changed: list[StoredEvent] = []
+        sent = [r for r in results if r.kind == "sent" and r.sid]
         async with self.services.db.write() as conn:
+            # The common case in three statements for the whole round.
+            await outbox.mark_sent_many(conn, [(r.item.id, r.sid or "") for r in sent])
+            changed += await record_sends(
+                conn,
+                Channel.SMS,
+                [(r.item.event_id, r.sid or "", r.status or "queued") for r in sent],
+            )
             for r in results:
                 event_id = r.item.event_id
                 moved: StoredEvent | None = None
-                if r.kind == "sent" and r.sid:
-                    await outbox.mark_sent(conn, r.item.id, r.sid)
-                    await attach_external_id(conn, event_id, Channel.SMS, r.sid)
-                    moved = await advance(conn, event_id, Channel.SMS, r.status or "queued")
-                elif r.kind == "skipped":
+                if r.kind == "sent":
+                    continue
+                if r.kind == "skipped":
                     await outbox.mark_skipped(conn, r.item.id, "the customer opted out")
                     moved = await advance(
                         conn, event_id, Channel.SMS, "skipped", {"skip_reason": "opted out"}

@@ -391,3 +391,52 @@ async def restart_delivery(
     )
     fresh = (await conn.execute(sa.select(events).where(events.c.id == event_id))).mappings().one()
     return StoredEvent.from_row(fresh)
+
+
+async def record_sends(
+    conn: AsyncConnection, channel: Channel | str, sent: list[tuple[str, str, str]]
+) -> list[StoredEvent]:
+    """For many ``(event id, provider id, status)``: attach the id, move the status.
+
+    The batched form of :func:`attach_external_id` + :func:`advance` for a sender's
+    round (a fresh provider id is never one of an earlier attempt). Returns the events
+    whose status moved.
+    """
+    if not sent:
+        return []
+    name = Channel(channel).value
+    now = utcnow()
+    await conn.execute(
+        events.update()
+        .where(
+            events.c.id == sa.bindparam("event_id"),
+            events.c.channel == name,
+            events.c.external_id.is_(None),
+        )
+        .values(external_id=sa.bindparam("sid"), updated_at=now),
+        [{"event_id": e, "sid": sid} for e, sid, _ in sent],
+    )
+    wanted = {e: status for e, _, status in sent}
+    current = await conn.execute(
+        sa.select(events.c.id, events.c.status).where(events.c.id.in_(list(wanted)))
+    )
+    moving = [
+        {"event_id": event_id, "old": status, "new": wanted[event_id]}
+        for event_id, status in current
+        if advances(name, status, wanted[event_id])
+    ]
+    if not moving:
+        return []
+    await conn.execute(
+        events.update()
+        .where(
+            events.c.id == sa.bindparam("event_id"),
+            events.c.status.is_not_distinct_from(sa.bindparam("old")),
+        )
+        .values(status=sa.bindparam("new"), updated_at=now),
+        moving,
+    )
+    rows = await conn.execute(
+        sa.select(events).where(events.c.id.in_([m["event_id"] for m in moving]))
+    )
+    return [StoredEvent.from_row(r) for r in rows.mappings()]

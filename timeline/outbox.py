@@ -250,3 +250,24 @@ async def sent_row_for(
         )
     ).one_or_none()
     return None if row is None else (row.id, int(row.attempts))
+
+
+async def mark_sent_many(conn: AsyncConnection, sent: list[tuple[str, str]]) -> None:
+    """``mark_sent`` for many ``(row id, provider id)`` pairs in one statement."""
+    if not sent:
+        return
+    await conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.id == sa.bindparam("row_id"),
+            # No IN (...): expanding parameters cannot be used with executemany.
+            sa.or_(outbox.c.state == CLAIMED, outbox.c.state == UNKNOWN),
+        )
+        .values(
+            state=SENT,
+            provider_id=sa.bindparam("sid"),
+            last_error=None,
+            updated_at=utcnow(),
+        ),
+        [{"row_id": row_id, "sid": sid} for row_id, sid in sent],
+    )

@@ -103,9 +103,10 @@ def verify(
             return False
     validator = RequestValidator(auth_token)
     parsed = urlsplit(url)
-    matched = False
-    for candidate in {remove_port(parsed), add_port(parsed)}:
+    # The URL as given first; the other port form only on a mismatch. Which form
+    # matched is no secret, so stopping early leaks nothing about the signature.
+    for candidate in dict.fromkeys((url, remove_port(parsed), add_port(parsed))):
         expected = validator.compute_signature(candidate, pairs)
-        # Check every candidate: no early exit that would time which one matched.
-        matched |= hmac.compare_digest(expected.encode(), signature.encode())
-    return matched
+        if hmac.compare_digest(expected.encode(), signature.encode()):
+            return True
+    return False

@@ -130,6 +130,9 @@ class Sandbox:
         self._injected: list[_Injected] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        # Few callbacks in flight at once: a backlog inside httpx's connection pool makes
+        # every pool event scan the whole queue (encode/httpcore#1035).
+        self._posting = asyncio.Semaphore(20)
         #: Calls to the hub, TwiML, recordings (``channels.twilio.sandbox.calls``).
         self.voice = Voice(self)
         self.app = self._build_app()
@@ -342,9 +345,10 @@ class Sandbox:
     async def _post(self, url: str, params: list[tuple[str, str]]) -> None:
         signature = sign(self.auth_token, url, params)
         try:
-            response = await self._client().post(
-                url, content=encode_form(params), headers=_headers(signature)
-            )
+            async with self._posting:
+                response = await self._client().post(
+                    url, content=encode_form(params), headers=_headers(signature)
+                )
         except httpx.HTTPError as exc:
             _log.warning("sandbox callback not delivered: %s", type(exc).__name__)
             self.callbacks.append(CallbackRecord(url, tuple(params), None, type(exc).__name__))
