@@ -1,0 +1,454 @@
+"""The screen-pop benchmark: an incoming call's webhook to the agent's live stream.
+
+``python -m bench.voice_bench [--db sqlite|postgresql] [--quick]``
+(``--quick``: 10k customers, 100k events, 10 rounds: a smoke run of about a minute).
+
+In one run, on a fresh database migrated with ``timeline.migrate.upgrade``:
+
+1. build N events over M customers with Core ``insert()`` executemany
+   (``bench.timeline_bench.build``: skewed counts, realistic rows), then ANALYZE;
+2. serve the hub (``create_app(settings, run_workers=False)``, Twilio Voice on) with
+   uvicorn in a subprocess, exactly as ``bench.serve`` does, plus an empty endpoint on
+   the same server: ``POST /bench/empty`` reads a Twilio-style form and answers
+   ``<Response/>`` (the web layer's own cost, PEERS.md);
+3. an agent's browser: one SSE connection to ``/api/v1/stream`` with a bearer token;
+4. rounds of ``--calls`` (20) signed incoming-call webhooks sent at once, each on its
+   own keep-alive connection (raw HTTP/1.1, requests signed before the clock starts),
+   from callers that are known customers (half of them busy, with >= 50 events) or,
+   one in ten, new numbers; the clock stops when the screen pop of that call
+   (``event: call``) arrives at the stream, read as raw bytes (the CallSid is found in
+   the first bytes, no JSON parsing on the clock); alternating with rounds of the same
+   number of requests at once to the empty endpoint, whose round trip is the limit.
+
+Targets (printed with PASS/MISS, judged on SQLite): screen pop p99 < 50 ms, and
+<= 3 x the empty endpoint's round trip p99 under the same burst. The webhook's own round
+trip (answered after the pop is published) is shown too. Timings never go into tests;
+docs/performance-voice.md records runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import platform
+import re
+import secrets
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.data import NEW_AREAS, BuiltCustomer, Generator
+from bench.timeline_bench import (
+    BUSY,
+    ROOT,
+    Latency,
+    Verdict,
+    analyze,
+    build,
+    free_port,
+    load,
+    ms,
+    say,
+    throwaway_database,
+    versions,
+)
+from channels.twilio.forms import encode_form
+from channels.twilio.signature import SIGNATURE_HEADER, sign
+from hub.auth import add_agent
+from timeline import migrate
+from timeline.db import Database
+
+ACCOUNT_SID = "AC" + "b3" * 16
+AUTH_TOKEN = "bench-voice-token"
+OUR_NUMBER = "+14155550123"  # bench.data.OUR_NUMBER
+VOICE_PATH = "/webhooks/twilio/voice"
+EMPTY_PATH = "/bench/empty"
+POP_LIMIT = 0.050
+_SID = re.compile(rb'"external_id":"(CA[0-9a-f]{32})"')
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def serve_hub(port: int, db_url: str, data_dir: str) -> None:
+    """The hub with Twilio Voice on, plus the empty endpoint, on uvicorn (foreground)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from bench.serve import serve
+    from config import Settings
+    from hub.app import create_app
+
+    async def empty(request: Request) -> Response:
+        await request.form()
+        return Response('<?xml version="1.0" encoding="UTF-8"?><Response/>', media_type="text/xml")
+
+    settings = Settings(
+        database_url=db_url,
+        data_dir=data_dir,
+        public_url=f"http://127.0.0.1:{port}",
+        log_level="WARNING",
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_numbers=(OUR_NUMBER,),
+        twilio_api_base="http://127.0.0.1:9",  # never called: no click-to-call here
+        twilio_voice_clients=("agent-1", "agent-2"),
+    )
+    app = create_app(settings, run_workers=False)
+    app.router.routes.insert(0, Route(EMPTY_PATH, empty, methods=["POST"]))
+    serve(app, port)
+
+
+@contextlib.contextmanager
+def hub_server(db_url: str, data_dir: Path) -> Iterator[int]:
+    """``python -m bench.voice_bench serve`` on a free port, stopped afterwards."""
+    port = free_port()
+    args = ["serve", "--port", str(port), "--db-url", db_url, "--data-dir", str(data_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.voice_bench", *args], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the hub exited with {proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the hub did not listen") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+def inbound_form(sid: str, caller: str) -> list[tuple[str, str]]:
+    """The incoming-call webhook form Twilio sends (the fields of the recorded fixture)."""
+    return [
+        ("AccountSid", ACCOUNT_SID),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", sid),
+        ("CallStatus", "ringing"),
+        ("Called", OUR_NUMBER),
+        ("CalledCity", "SAN FRANCISCO"),
+        ("CalledCountry", "US"),
+        ("CalledState", "CA"),
+        ("CalledZip", "94103"),
+        ("Caller", caller),
+        ("CallerCountry", "US"),
+        ("Direction", "inbound"),
+        ("From", caller),
+        ("FromCountry", "US"),
+        ("To", OUR_NUMBER),
+        ("ToCity", "SAN FRANCISCO"),
+        ("ToCountry", "US"),
+        ("ToState", "CA"),
+        ("ToZip", "94103"),
+        ("StirVerstat", "TN-Validation-Passed-A"),
+    ]
+
+
+def request_bytes(port: int, path: str, form: list[tuple[str, str]], signed: bool) -> bytes:
+    """A complete HTTP/1.1 keep-alive POST of the form, signed for the hub's public URL."""
+    body = encode_form(form)
+    signature = sign(AUTH_TOKEN, f"http://127.0.0.1:{port}{path}", form) if signed else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+        f"{SIGNATURE_HEADER}: {signature}\r\nUser-Agent: TwilioProxy/1.1\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: send prepared bytes, read one answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def answer(self) -> tuple[int, bytes]:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length)
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Stream:
+    """The agent's SSE connection; notes when each call's screen pop arrives."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.waiting: dict[str, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self, port: int, token: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # HTTP/1.0: no chunked framing, the body is the raw event stream.
+        writer.write(
+            f"GET /api/v1/stream HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"the stream answered {head[:80]!r}")
+        self._writer = writer
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        pending = bytearray()
+        while chunk := await reader.read(1 << 20):
+            now = time.perf_counter()
+            pending += chunk
+            while (end := pending.find(b"\n\n")) >= 0:
+                message = bytes(pending[: end + 2])
+                del pending[: end + 2]
+                if not message.startswith(b"event: call\n"):
+                    continue
+                found = _SID.search(message, 0, 400)
+                if found is None:
+                    continue
+                sid = found.group(1).decode()
+                if sid not in self.arrived:
+                    self.arrived[sid] = now
+                    future = self.waiting.pop(sid, None)
+                    if future is not None and not future.done():
+                        future.set_result(now)
+
+    def expect(self, sid: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if sid in self.arrived:
+            future.set_result(self.arrived[sid])
+        else:
+            self.waiting[sid] = future
+        return future
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def callers(gen: Generator, built: Sequence[BuiltCustomer], count: int) -> list[str]:
+    """Who calls: half busy customers, four in ten any customer, one in ten new numbers."""
+    busy = [c for c in built if c.events >= BUSY] or list(built)
+    out = []
+    for i in range(count):
+        if i % 10 == 9:
+            out.append(gen.phone(NEW_AREAS))
+        elif i % 2 == 0:
+            out.append(gen.rng.choice(busy).phone)
+        else:
+            out.append(gen.rng.choice(built).phone)
+    return out
+
+
+async def burst(
+    port: int,
+    conns: list[Connection],
+    path: str,
+    forms: list[list[tuple[str, str]]],
+    stream: Stream | None,
+) -> tuple[list[float], list[float]]:
+    """Send one request per connection at once; (round trips, screen-pop latencies)."""
+    signed = stream is not None
+    prepared = [request_bytes(port, path, form, signed) for form in forms]
+    sids = [dict(form)["CallSid"] for form in forms]
+    pops = [stream.expect(sid) for sid in sids] if stream is not None else []
+    sent: list[float] = []
+    for conn, data in zip(conns, prepared, strict=True):
+        sent.append(time.perf_counter())
+        conn.writer.write(data)
+
+    async def one(conn: Connection, start: float) -> float:
+        status, body = await conn.answer()
+        took = time.perf_counter() - start
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {body[:200]!r}")
+        return took
+
+    trips = await asyncio.wait_for(
+        asyncio.gather(*(one(c, t) for c, t in zip(conns, sent, strict=True))), 30
+    )
+    latencies: list[float] = []
+    if pops:
+        arrived = await asyncio.wait_for(asyncio.gather(*pops), 30)
+        latencies = [at - start for at, start in zip(arrived, sent, strict=True)]
+    return list(trips), latencies
+
+
+async def measure(
+    port: int, token: str, gen: Generator, built: Sequence[BuiltCustomer], args: argparse.Namespace
+) -> dict[str, Latency]:
+    """Interleaved rounds of calls and of empty requests; the first two of each warm up."""
+    stream = Stream()
+    await stream.open(port, token)
+    hub_conns = [await Connection.open(port) for _ in range(args.calls)]
+    empty_conns = [await Connection.open(port) for _ in range(args.calls)]
+    samples: dict[str, list[float]] = {"pop": [], "webhook": [], "empty": []}
+    warmup = 2
+    try:
+        for round_no in range(args.rounds + warmup):
+            forms = [
+                inbound_form("CA" + secrets.token_hex(16), caller)
+                for caller in callers(gen, built, args.calls)
+            ]
+            order = ("hub", "empty") if round_no % 2 == 0 else ("empty", "hub")
+            for which in order:
+                gc.collect()
+                if which == "hub":
+                    trips, pops = await burst(port, hub_conns, VOICE_PATH, forms, stream)
+                    if round_no >= warmup:
+                        samples["webhook"] += trips
+                        samples["pop"] += pops
+                else:
+                    trips, _ = await burst(port, empty_conns, EMPTY_PATH, forms, None)
+                    if round_no >= warmup:
+                        samples["empty"] += trips
+                await asyncio.sleep(0.05)
+    finally:
+        for conn in hub_conns + empty_conns:
+            conn.close()
+        await stream.close()
+    n = args.calls
+    return {
+        "pop": Latency.of(
+            f"screen pop: webhook sent -> SSE received ({n} at once)", samples["pop"]
+        ),
+        "webhook": Latency.of(f"webhook round trip ({n} at once)", samples["webhook"]),
+        "empty": Latency.of(f"empty endpoint round trip ({n} at once)", samples["empty"]),
+    }
+
+
+async def run(args: argparse.Namespace) -> int:
+    gen = Generator()
+    say(
+        f"commhub voice bench  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  db={args.db}  "
+        f"events={args.events:,}  customers={args.customers:,}  "
+        f"calls={args.calls} at once x {args.rounds} rounds"
+    )
+    say(
+        f"machine: {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; {versions()}"
+    )
+    async with throwaway_database(args.db) as target:
+        db = Database.from_url(target.url)
+        try:
+            await migrate.upgrade(db)
+            await db.dispose()
+            say(f"1. build ({load()})")
+            built = await build(target.url, gen, args.events, args.customers)
+            say(f"  ANALYZE {await analyze(db):.1f} s")
+            async with db.write() as conn:
+                _, token = await add_agent(conn, email="bench@commhub.example", role="agent")
+        finally:
+            await db.dispose()
+        gc.collect()
+        gc.freeze()
+        say(f"2. serve the hub and the empty endpoint on one uvicorn ({load()})")
+        with hub_server(target.url, target.workdir / "files") as port:
+            say(
+                f"3./4. {args.rounds} rounds of {args.calls} calls at once, interleaved "
+                f"with {args.calls} empty requests at once ({load()})"
+            )
+            figures = await measure(port, token, gen, built, args)
+    for latency in figures.values():
+        say(latency.line(58))
+    pop, empty = figures["pop"], figures["empty"]
+    judged = args.db == "sqlite"
+    note = "" if judged else " (targets set for SQLite; shown for PostgreSQL)"
+    verdicts = [
+        Verdict(
+            "screen pop p99 < 50 ms" + note,
+            ms(pop.p99).strip(),
+            ms(POP_LIMIT).strip(),
+            f"{pop.p99 / POP_LIMIT:.2f}x limit",
+            pop.p99 < POP_LIMIT,
+            judged=judged,
+        ),
+        Verdict(
+            "screen pop p99 <= 3 x empty endpoint p99" + note,
+            ms(pop.p99).strip(),
+            ms(3 * empty.p99).strip(),
+            f"{pop.p99 / empty.p99:.1f}x empty p99 {ms(empty.p99).strip()}",
+            pop.p99 <= 3 * empty.p99,
+            judged=judged,
+        ),
+        Verdict(
+            "screen pop p50 vs empty endpoint p50",
+            ms(pop.p50).strip(),
+            "-",
+            f"{pop.p50 / empty.p50:.1f}x empty p50 {ms(empty.p50).strip()}",
+            True,
+            judged=False,
+        ),
+    ]
+    say(f"targets ({load()})")
+    for verdict in verdicts:
+        say(verdict.line())
+    return 0 if all(v.ok for v in verdicts if v.judged) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="(internal) the hub server of the benchmark")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--db-url", required=True)
+    serve.add_argument("--data-dir", required=True)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--quick", action="store_true", help="10k customers, 100k events")
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--calls", type=int, default=20, help="calls arriving at once")
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(level=logging.WARNING)
+        serve_hub(args.port, args.db_url, args.data_dir)
+        return 0
+    if args.quick:
+        args.customers, args.events, args.rounds = 10_000, 100_000, 10
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
