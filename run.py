@@ -1,7 +1,7 @@
 """commhub's command line: ``python run.py COMMAND`` (installed as ``commhub``).
 
-Commands (CONTRACT.md): serve, worker, demo, migrate, agent add, config. Exit status 0 on
-success; 2 with one line on stderr for bad usage or bad configuration.
+Commands (CONTRACT.md): serve, worker, demo, migrate, agent add/list/revoke-token,
+config. Exit status 0 on success; 2 with one line on stderr for bad usage or bad configuration.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--name")
     add.add_argument("--team")
     add.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
+    agent_sub.add_parser("list", help="list agents: id, email, role, team, active tokens")
+    revoke = agent_sub.add_parser("revoke-token", help="revoke an API token by its id")
+    revoke.add_argument("token_id")
 
     mail = sub.add_parser("mail", help="email channel tools")
     mail_sub = mail.add_subparsers(dest="mail_command", required=True, metavar="ACTION")
@@ -77,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _logging(settings: Settings) -> None:
+    from hub.audit import install_log_escaping
+
+    # A CR/LF in a logged value must not forge a log line (CWE-117).
+    install_log_escaping()
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -132,6 +139,7 @@ async def _worker(settings: Settings) -> None:
 
 
 async def _agent_add(settings: Settings, args: argparse.Namespace, password: str | None) -> str:
+    from hub import audit
     from hub.auth import add_agent
     from timeline.db import Database
     from timeline.errors import Conflict
@@ -141,7 +149,7 @@ async def _agent_add(settings: Settings, args: argparse.Namespace, password: str
     try:
         await upgrade(db)
         async with db.write() as conn:
-            _, token = await add_agent(
+            agent_id, token = await add_agent(
                 conn,
                 email=args.email,
                 role=args.role,
@@ -149,11 +157,70 @@ async def _agent_add(settings: Settings, args: argparse.Namespace, password: str
                 team=args.team,
                 password=password,
             )
+            await audit.record(
+                conn,
+                "agent.create",
+                detail={"agent": agent_id, "role": args.role, "team": args.team, "via": "cli"},
+            )
     except Conflict as exc:
         raise UsageError(str(exc)) from None
     finally:
         await db.dispose()
     return token
+
+
+async def _agent_list(settings: Settings) -> list[str]:
+    """One line per agent: id, email, role, team, active tokens, disabled."""
+    import sqlalchemy as sa
+
+    from timeline.db import Database
+    from timeline.migrate import upgrade
+    from timeline.schema import agents, api_tokens
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+        async with db.read() as conn:
+            active = (
+                sa.select(sa.func.count())
+                .select_from(api_tokens)
+                .where(api_tokens.c.agent_id == agents.c.id, api_tokens.c.revoked_at.is_(None))
+                .scalar_subquery()
+            )
+            rows = await conn.execute(
+                sa.select(agents, active.label("tokens")).order_by(agents.c.email)
+            )
+            return [
+                f"{r.id}  {r.email}  {r.role}  team={r.team or '-'}  tokens={r.tokens}"
+                + ("  disabled" if r.disabled_at else "")
+                for r in rows
+            ]
+    finally:
+        await db.dispose()
+
+
+async def _revoke_token(settings: Settings, token_id: str) -> None:
+    """Revoke an API token (audited); UsageError for an unknown or revoked one."""
+    from hub import audit
+    from timeline.db import Database
+    from timeline.events import utcnow
+    from timeline.migrate import upgrade
+    from timeline.schema import api_tokens
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+        async with db.write() as conn:
+            done = await conn.execute(
+                api_tokens.update()
+                .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            if done.rowcount == 0:
+                raise UsageError(f"no active token {token_id}")
+            await audit.record(conn, "token.revoke", detail={"token_id": token_id, "via": "cli"})
+    finally:
+        await db.dispose()
 
 
 async def _demo_seed(settings: Settings) -> tuple[str, str, str]:
@@ -340,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(settings, args.fixture, args.url)
         elif args.command == "worker":
             asyncio.run(_worker(settings))
+        elif args.command == "agent" and args.agent_command == "list":
+            for line in asyncio.run(_agent_list(settings)):
+                print(line)
+        elif args.command == "agent" and args.agent_command == "revoke-token":
+            asyncio.run(_revoke_token(settings, args.token_id))
+            print(f"token {args.token_id} revoked")
         elif args.command == "agent":
             password = None
             if args.password_stdin:

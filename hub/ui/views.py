@@ -477,8 +477,11 @@ async def merge(request: Request, session: Session) -> Response:
     other = field(form, "other")
     try:
         async with c.services.db.write() as conn:
-            other_id: str | None = other
-            if "@" in other or other.startswith("+") or other[:1].isdigit():
+            other_id: str | None = None
+            try:
+                await customer_ops.require_exists(conn, other)
+                other_id = other
+            except TimelineError:
                 ident = _identity(
                     "email" if "@" in other else "phone", other, c.services.settings.default_region
                 )
