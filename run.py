@@ -292,11 +292,12 @@ def _demo(args: argparse.Namespace) -> None:
     url = f"http://{args.host}:{args.port}"
     print(
         f"\ncommhub demo is starting at {url}\n"
-        f"  login:     {email} / {password}\n"
+        f"  console:   {url}/ui/  (log in as {email} / {password})\n"
+        f"  sandbox:   {url}/ui/sandbox  (play a customer: text or call the hub)\n"
         f"  API token: {token}\n"
         f"  try:       curl -H 'Authorization: Bearer {token}' {url}/api/v1/customers\n"
         f"  schema:    {url}/openapi.json\n"
-        f"  sandbox:   a customer texts the hub (Twilio sandbox at {sandbox_url}):\n"
+        f"  or curl:   a customer texts the hub (Twilio sandbox at {sandbox_url}):\n"
         f"    curl -X POST {sandbox_url}/sandbox/sms -H 'Content-Type: application/json' \\\n"
         f'      -d \'{{"from": "+14155550100", "to": "{OUR_NUMBER}", "body": "Hello"}}\'\n'
         f"    and reads the hub's answers:\n"
