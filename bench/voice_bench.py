@@ -109,9 +109,18 @@ def serve_hub(port: int, db_url: str, data_dir: str) -> None:
     serve(app, port)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def hub_server(db_url: str, data_dir: Path) -> Iterator[int]:
-    """``python -m bench.voice_bench serve`` on a free port, stopped afterwards."""
+def hub_server(db_url: str, data_dir: Path) -> Iterator[tuple[int, int]]:
+    """``python -m bench.voice_bench serve`` on a free port (port, pid), stopped afterwards."""
     port = free_port()
     args = ["serve", "--port", str(port), "--db-url", db_url, "--data-dir", str(data_dir)]
     proc = subprocess.Popen([sys.executable, "-m", "bench.voice_bench", *args], cwd=ROOT)
@@ -127,7 +136,7 @@ def hub_server(db_url: str, data_dir: Path) -> Iterator[int]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the hub did not listen") from None
                 time.sleep(0.05)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -316,14 +325,23 @@ async def burst(
 
 
 async def measure(
-    port: int, token: str, gen: Generator, built: Sequence[BuiltCustomer], args: argparse.Namespace
-) -> dict[str, Latency]:
-    """Interleaved rounds of calls and of empty requests; the first two of each warm up."""
+    port: int,
+    token: str,
+    gen: Generator,
+    built: Sequence[BuiltCustomer],
+    args: argparse.Namespace,
+    pid: int | None = None,
+) -> tuple[dict[str, Latency], dict[str, float]]:
+    """Interleaved rounds of calls and of empty requests; the first two of each warm up.
+
+    Also the server's CPU seconds per request of each kind (when its ``pid`` is given).
+    """
     stream = Stream()
     await stream.open(port, token)
     hub_conns = [await Connection.open(port) for _ in range(args.calls)]
     empty_conns = [await Connection.open(port) for _ in range(args.calls)]
     samples: dict[str, list[float]] = {"pop": [], "webhook": [], "empty": []}
+    cpu = {"hub": 0.0, "empty": 0.0}
     warmup = 2
     try:
         for round_no in range(args.rounds + warmup):
@@ -334,6 +352,7 @@ async def measure(
             order = ("hub", "empty") if round_no % 2 == 0 else ("empty", "hub")
             for which in order:
                 gc.collect()
+                before = cpu_seconds(pid) if pid else 0.0
                 if which == "hub":
                     trips, pops = await burst(port, hub_conns, VOICE_PATH, forms, stream)
                     if round_no >= warmup:
@@ -343,19 +362,22 @@ async def measure(
                     trips, _ = await burst(port, empty_conns, EMPTY_PATH, forms, None)
                     if round_no >= warmup:
                         samples["empty"] += trips
+                if pid and round_no >= warmup:
+                    cpu[which] += cpu_seconds(pid) - before
                 await asyncio.sleep(0.05)
     finally:
         for conn in hub_conns + empty_conns:
             conn.close()
         await stream.close()
     n = args.calls
+    per_request = {k: v / (args.rounds * n) for k, v in cpu.items()}
     return {
         "pop": Latency.of(
             f"screen pop: webhook sent -> SSE received ({n} at once)", samples["pop"]
         ),
         "webhook": Latency.of(f"webhook round trip ({n} at once)", samples["webhook"]),
         "empty": Latency.of(f"empty endpoint round trip ({n} at once)", samples["empty"]),
-    }
+    }, per_request
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -384,14 +406,20 @@ async def run(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         say(f"2. serve the hub and the empty endpoint on one uvicorn ({load()})")
-        with hub_server(target.url, target.workdir / "files") as port:
+        with hub_server(target.url, target.workdir / "files") as (port, pid):
             say(
                 f"3./4. {args.rounds} rounds of {args.calls} calls at once, interleaved "
                 f"with {args.calls} empty requests at once ({load()})"
             )
-            figures = await measure(port, token, gen, built, args)
+            figures, cpu = await measure(port, token, gen, built, args, pid)
     for latency in figures.values():
         say(latency.line(58))
+    if cpu["empty"] > 0:
+        say(
+            f"  server CPU per request: incoming call {cpu['hub'] * 1000:.2f} ms, "
+            f"empty endpoint {cpu['empty'] * 1000:.2f} ms "
+            f"({cpu['hub'] / cpu['empty']:.1f}x; /proc, 10 ms ticks summed over the rounds)"
+        )
     pop, empty = figures["pop"], figures["empty"]
     judged = args.db == "sqlite"
     note = "" if judged else " (targets set for SQLite; shown for PostgreSQL)"

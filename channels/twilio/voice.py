@@ -24,10 +24,7 @@ parent goes ``in-progress`` as soon as Twilio runs our TwiML); it is *missed* wh
 unanswered. In a click-to-call the parent is the agent's phone and the customer is the
 dialled leg, so the customer's leg decides.
 
-The TwiML builders use the SDK's ``VoiceResponse``
-(https://www.twilio.com/docs/voice/twiml): :func:`route_call` (ring browser clients,
-agents' numbers or a queue, then voicemail), :func:`voicemail`, :func:`bridge`
-(click-to-call) and :func:`hangup`.
+The TwiML the hub answers with is built in ``channels.twilio.twiml``.
 """
 
 from __future__ import annotations
@@ -39,8 +36,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
-
-from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from channels.twilio.errors import PayloadError
 from channels.twilio.forms import Form, form_items
@@ -54,19 +49,14 @@ __all__ = [
     "DialResult",
     "Leg",
     "RecordingUpdate",
-    "Routing",
     "TranscriptionUpdate",
-    "bridge",
     "call_state",
-    "hangup",
     "is_missed",
     "parse_call_status",
     "parse_dial_result",
     "parse_inbound_call",
     "parse_recording_callback",
     "recording_media_url",
-    "route_call",
-    "voicemail",
 ]
 
 #: Twilio's call statuses, https://www.twilio.com/docs/voice/api/call-resource#call-status-values
@@ -79,8 +69,6 @@ TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 ANSWERED = frozenset({"in-progress", "completed"})
 #: What we ask Twilio to report of every leg we dial.
 LEG_EVENTS = ("initiated", "ringing", "answered", "completed")
-#: Twilio transcribes recordings up to two minutes long.
-VOICEMAIL_MAX_SECONDS = 120
 
 _SID = re.compile(r"[A-Za-z0-9]{2,64}")
 _WORD = re.compile(r"[a-z_-]{1,32}")
@@ -258,7 +246,6 @@ QueueResult = Literal[
     "queue-full",
     "system-error",
     "error",
-    "hangup",
     "redirected",
     "leave",
 ]
@@ -450,164 +437,3 @@ def call_state(
 def is_missed(direction: str, status: str, *, answered: bool) -> bool:
     """Whether an inbound call ended without an agent answering it."""
     return direction == Direction.INBOUND.value and status in TERMINAL and not answered
-
-
-# -- TwiML --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Routing:
-    """How inbound calls are routed (``TWILIO_VOICE_*`` settings)."""
-
-    route: Literal["clients", "numbers", "queue"] = "clients"
-    clients: tuple[str, ...] = ()
-    numbers: tuple[str, ...] = dataclasses.field(default=(), repr=False)
-    queue: str = "support"
-    greeting: str | None = None
-    record: bool = False
-    timeout: int = 20
-    voicemail_prompt: str = "Please leave a message after the tone."
-
-
-def _xml(response: VoiceResponse) -> str:
-    xml: str = response.to_xml(xml_declaration=True)
-    return xml
-
-
-def _leg_callbacks(status_callback: str) -> dict[str, Any]:
-    return {
-        "status_callback": status_callback,
-        "status_callback_event": " ".join(LEG_EVENTS),
-        "status_callback_method": "POST",
-    }
-
-
-def _recording(record: bool, recording_callback: str) -> dict[str, Any]:
-    if not record:
-        return {}
-    return {
-        "record": "record-from-answer",
-        "recording_status_callback": recording_callback,
-        "recording_status_callback_event": "completed",
-    }
-
-
-def _add_voicemail(
-    response: VoiceResponse, prompt: str, *, action: str, recording_callback: str
-) -> None:
-    response.say(prompt)
-    response.record(
-        action=action,
-        method="POST",
-        max_length=VOICEMAIL_MAX_SECONDS,
-        play_beep=True,
-        trim="trim-silence",
-        recording_status_callback=recording_callback,
-        recording_status_callback_event="completed",
-        transcribe=True,
-        transcribe_callback=recording_callback,
-    )
-    response.hangup()
-
-
-def route_call(
-    routing: Routing,
-    *,
-    dial_action: str,
-    status_callback: str,
-    recording_callback: str,
-    voicemail_action: str,
-) -> str:
-    """The TwiML answer to an incoming call.
-
-    An optional ``<Say>`` greeting, then ``<Dial>`` ringing every client identity or agent
-    number at once (the first to answer takes the call; ``answerOnBridge`` keeps the
-    caller hearing the ring until then) for ``timeout`` seconds, each leg reporting to
-    ``status_callback``; or ``<Enqueue>`` into the queue. Either way Twilio then requests
-    ``dial_action``, whose answer is :func:`voicemail` or :func:`hangup`. With nobody to
-    ring the caller goes straight to voicemail. With ``record``, answered calls are
-    recorded from the answer and reported to ``recording_callback``.
-    https://www.twilio.com/docs/voice/twiml/dial, https://www.twilio.com/docs/voice/twiml/enqueue
-    """
-    response = VoiceResponse()
-    if routing.greeting:
-        response.say(routing.greeting)
-    if routing.route == "queue":
-        response.enqueue(routing.queue, action=dial_action, method="POST")
-        return _xml(response)
-    targets = routing.clients if routing.route == "clients" else routing.numbers
-    if not targets:
-        _add_voicemail(
-            response,
-            routing.voicemail_prompt,
-            action=voicemail_action,
-            recording_callback=recording_callback,
-        )
-        return _xml(response)
-    dial = Dial(
-        action=dial_action,
-        method="POST",
-        timeout=routing.timeout,
-        answer_on_bridge=True,
-        **_recording(routing.record, recording_callback),
-    )
-    for target in targets:
-        if routing.route == "clients":
-            dial.client(target, **_leg_callbacks(status_callback))
-        else:
-            dial.number(target, **_leg_callbacks(status_callback))
-    response.append(dial)
-    return _xml(response)
-
-
-def voicemail(prompt: str, *, action: str, recording_callback: str) -> str:
-    """``<Say>`` the prompt, ``<Record>`` a message (transcribed), then hang up.
-
-    The recording and its transcription are reported to ``recording_callback``;
-    ``action`` is requested when recording ends (it must answer :func:`hangup`: without
-    an action Twilio would request the current document again).
-    https://www.twilio.com/docs/voice/twiml/record
-    """
-    response = VoiceResponse()
-    _add_voicemail(response, prompt, action=action, recording_callback=recording_callback)
-    return _xml(response)
-
-
-def bridge(
-    number: str,
-    *,
-    caller_id: str,
-    status_callback: str,
-    action: str,
-    record: bool = False,
-    recording_callback: str = "",
-    announcement: str | None = None,
-) -> str:
-    """The TwiML of a click-to-call once the agent answers: dial the customer.
-
-    The customer sees ``caller_id`` (one of our numbers); their leg reports to
-    ``status_callback`` and ``action`` is requested when it ends.
-    https://www.twilio.com/docs/voice/twiml/number
-    """
-    response = VoiceResponse()
-    if announcement:
-        response.say(announcement)
-    dial = Dial(
-        action=action,
-        method="POST",
-        caller_id=caller_id,
-        answer_on_bridge=True,
-        **_recording(record, recording_callback),
-    )
-    dial.number(number, **_leg_callbacks(status_callback))
-    response.append(dial)
-    return _xml(response)
-
-
-def hangup(announcement: str | None = None) -> str:
-    """End the call (after an optional ``<Say>``). https://www.twilio.com/docs/voice/twiml/hangup"""
-    response = VoiceResponse()
-    if announcement:
-        response.say(announcement)
-    response.hangup()
-    return _xml(response)

@@ -25,24 +25,16 @@ created call to a number ending in ``0008`` is not answered (``no-answer``), ``0
 ``busy``; a ``<Client>`` or any other number answers. A caller with ``voicemail=None``
 hangs up at the beep; with a text, that is the message they leave (and its transcript).
 
-Recordings are short generated WAV files (a tone, 8 kHz mono), served at their Twilio
-URL ``{base}/2010-04-01/Accounts/{AccountSid}/Recordings/{RecordingSid}`` (``.wav`` or
-no extension: the audio, with ``Range``; ``.json``: the Recording resource) behind HTTP
-Basic auth, as Twilio serves recording media
-(https://www.twilio.com/docs/voice/api/recording#fetch-a-recording-media-file).
+Recordings (``channels.twilio.sandbox.recordings``) are short generated WAV files served
+at their Twilio URL behind HTTP Basic auth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import logging
-import math
-import re
 import secrets
-import struct
-import wave
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -53,6 +45,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from channels.twilio.forms import encode_form
+from channels.twilio.sandbox.recordings import (
+    audio_response,
+    recording_form,
+    recording_resource,
+    transcription_form,
+    wav_tone,
+)
 from channels.twilio.sandbox.shapes import (
     API_VERSION,
     E164,
@@ -66,7 +65,7 @@ from channels.twilio.signature import SIGNATURE_HEADER, sign
 if TYPE_CHECKING:
     from channels.twilio.sandbox.app import Sandbox
 
-__all__ = ["CALL_TEST_NUMBERS", "CallResult", "Voice", "wav_tone"]
+__all__ = ["CALL_TEST_NUMBERS", "CallResult", "Voice", "behaviour"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,20 +102,6 @@ class _Call:
     voicemail: str | None = None
     elapsed: int = 0
     documents: int = 0
-
-
-def wav_tone(seconds: int, seed: str) -> bytes:
-    """A short WAV file (8 kHz, 16-bit mono): a tone whose pitch depends on ``seed``."""
-    frames = _WAV_RATE * max(1, min(seconds, 3))
-    pitch = 300 + int.from_bytes(seed.encode()[-2:], "big") % 500
-    samples = (int(8000 * math.sin(2 * math.pi * pitch * n / _WAV_RATE)) for n in range(frames))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(_WAV_RATE)
-        wav.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-    return out.getvalue()
 
 
 def behaviour(number: str) -> str:
@@ -376,49 +361,38 @@ class Voice:
         )
         callback = verb.get("recordingStatusCallback")
         if callback:
-            await self._request(urljoin(url, callback), self._recording_form(recording))
+            await self._request(
+                urljoin(url, callback), recording_form(self.sandbox.account_sid, recording)
+            )
         transcribe = verb.get("transcribeCallback")
         if verb.get("transcribe") == "true" and transcribe:
-            await self._request(urljoin(url, transcribe), self._transcription_form(call, recording))
+            form = transcription_form(
+                self.sandbox.account_sid,
+                call.resource,
+                recording,
+                call.voicemail or "",
+                self.sandbox.base_url or "https://api.twilio.com",
+            )
+            await self._request(urljoin(url, transcribe), form)
         return following
 
     async def _recording(
         self, call: _Call, verb: ET.Element, seconds: int, source: str, *, post: bool = True
     ) -> dict[str, Any]:
         sandbox = self.sandbox
-        sid = sandbox._new_sid("RE")
-        base = sandbox.base_url or "https://api.twilio.com"
-        path = f"/{API_VERSION}/Accounts/{sandbox.account_sid}/Recordings/{sid}"
-        now = now_rfc2822()
-        recording = {
-            "account_sid": sandbox.account_sid,
-            "api_version": API_VERSION,
-            "call_sid": call.resource["sid"],
-            "conference_sid": None,
-            "channels": 1,
-            "date_created": now,
-            "date_updated": now,
-            "start_time": now,
-            "duration": str(seconds),
-            "sid": sid,
-            "price": None,
-            "price_unit": "USD",
-            "status": "completed",
-            "source": source,
-            "error_code": None,
-            "encryption_details": None,
-            "uri": f"{path}.json",
-            "media_url": base + path,
-            "subresource_uris": {
-                "transcriptions": f"{path}/Transcriptions.json",
-                "add_on_results": f"{path}/AddOnResults.json",
-            },
-        }
-        self.recordings[sid] = recording
-        self.audio[sid] = wav_tone(seconds, sid)
+        recording = recording_resource(
+            sandbox.account_sid,
+            sandbox._new_sid("RE"),
+            call.resource["sid"],
+            seconds,
+            source,
+            sandbox.base_url or "https://api.twilio.com",
+        )
+        self.recordings[recording["sid"]] = recording
+        self.audio[recording["sid"]] = wav_tone(seconds, recording["sid"])
         callback = verb.get("recordingStatusCallback")
         if post and callback:
-            await self._request(callback, self._recording_form(recording))
+            await self._request(callback, recording_form(sandbox.account_sid, recording))
         return recording
 
     async def _leg_step(self, leg: dict[str, Any], noun: ET.Element, status: str) -> None:
@@ -494,45 +468,6 @@ class Voice:
             params += [("CallDuration", str(seconds)), ("Duration", str(-(-seconds // 60)))]
         return params
 
-    def _recording_form(self, recording: dict[str, Any]) -> list[tuple[str, str]]:
-        """https://www.twilio.com/docs/voice/api/recording#recordingstatuscallback"""
-        return [
-            ("AccountSid", self.sandbox.account_sid),
-            ("CallSid", recording["call_sid"]),
-            ("RecordingSid", recording["sid"]),
-            ("RecordingUrl", recording["media_url"]),
-            ("RecordingStatus", recording["status"]),
-            ("RecordingDuration", recording["duration"]),
-            ("RecordingChannels", str(recording["channels"])),
-            ("RecordingStartTime", recording["start_time"]),
-            ("RecordingSource", recording["source"]),
-            ("RecordingTrack", "both"),
-            ("ErrorCode", "0"),
-        ]
-
-    def _transcription_form(self, call: _Call, recording: dict[str, Any]) -> list[tuple[str, str]]:
-        """https://www.twilio.com/docs/voice/twiml/record#transcribecallback"""
-        sid = "TR" + secrets.token_hex(16)
-        resource = call.resource
-        path = f"/{API_VERSION}/Accounts/{self.sandbox.account_sid}/Transcriptions/{sid}"
-        return [
-            ("TranscriptionSid", sid),
-            ("TranscriptionText", call.voicemail or ""),
-            ("TranscriptionStatus", "completed"),
-            ("TranscriptionUrl", (self.sandbox.base_url or "https://api.twilio.com") + path),
-            ("TranscriptionType", "fast"),
-            ("RecordingSid", recording["sid"]),
-            ("RecordingUrl", recording["media_url"]),
-            ("CallSid", resource["sid"]),
-            ("AccountSid", self.sandbox.account_sid),
-            ("From", resource["from"]),
-            ("To", resource["to"]),
-            ("CallStatus", "completed"),
-            ("ApiVersion", API_VERSION),
-            ("Direction", resource["direction"]),
-            ("url", recording["media_url"]),
-        ]
-
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _is_hub(self, url: str) -> bool:
@@ -580,21 +515,7 @@ class Voice:
             return not_found(request.url.path)
         if extension == "json":
             return JSONResponse(recording)
-        audio = self.audio[sid]
-        headers = {"Accept-Ranges": "bytes"}
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", ""))
-        if match and (match[1] or match[2]):
-            if match[1]:
-                start = int(match[1])
-                end = min(int(match[2]), len(audio) - 1) if match[2] else len(audio) - 1
-            else:
-                start, end = max(len(audio) - int(match[2]), 0), len(audio) - 1
-            if start > end or start >= len(audio):
-                headers["Content-Range"] = f"bytes */{len(audio)}"
-                return Response(status_code=416, headers=headers)
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(audio)}"
-            return Response(audio[start : end + 1], 206, headers=headers, media_type="audio/x-wav")
-        return Response(audio, headers=headers, media_type="audio/x-wav")
+        return audio_response(self.audio[sid], request.headers.get("range", ""))
 
     async def _post_call(self, request: Request) -> Response:
         try:

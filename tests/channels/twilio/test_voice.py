@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from channels.twilio import voice
+from channels.twilio import twiml, voice
 from channels.twilio.errors import PayloadError
 from channels.twilio.signature import sign, verify
 from tests.channels.twilio.conftest import AUTH_TOKEN, FIXTURES
@@ -255,33 +255,33 @@ def _urls() -> dict[str, str]:
 
 
 def test_routing_twiml() -> None:
-    clients = ET.fromstring(voice.route_call(voice.Routing(clients=("alice",)), **_urls()))
+    clients = ET.fromstring(twiml.route_call(twiml.Routing(clients=("alice",)), **_urls()))
     assert [v.tag for v in clients] == ["Dial"]
     dial = clients[0]
     assert "record" not in dial.attrib
     assert dial.get("action") == "https://h/dial?event=e&step=dial"
     assert dial.find("Client").text == "alice"  # type: ignore[union-attr]
 
-    routing = voice.Routing(route="numbers", numbers=("+14155550111",), greeting="Hello")
-    numbers = ET.fromstring(voice.route_call(routing, **_urls()))
+    routing = twiml.Routing(route="numbers", numbers=("+14155550111",), greeting="Hello")
+    numbers = ET.fromstring(twiml.route_call(routing, **_urls()))
     assert [v.tag for v in numbers] == ["Say", "Dial"]
     assert numbers.find("Dial/Number").get("statusCallback") == "https://h/status?event=e"  # type: ignore[union-attr]
 
-    queue = ET.fromstring(voice.route_call(voice.Routing(route="queue", queue="desk"), **_urls()))
+    queue = ET.fromstring(twiml.route_call(twiml.Routing(route="queue", queue="desk"), **_urls()))
     assert queue[0].tag == "Enqueue" and queue[0].text == "desk"
     assert queue[0].get("action") == "https://h/dial?event=e&step=dial"
 
-    nobody = ET.fromstring(voice.route_call(voice.Routing(voicemail_prompt="Speak."), **_urls()))
+    nobody = ET.fromstring(twiml.route_call(twiml.Routing(voicemail_prompt="Speak."), **_urls()))
     assert [v.tag for v in nobody] == ["Say", "Record", "Hangup"]
     assert nobody[0].text == "Speak."
     record = nobody[1]
-    assert record.get("maxLength") == str(voice.VOICEMAIL_MAX_SECONDS)
+    assert record.get("maxLength") == str(twiml.VOICEMAIL_MAX_SECONDS)
     assert record.get("action") == "https://h/dial?event=e&step=recorded"
     assert record.get("transcribeCallback") == record.get("recordingStatusCallback")
 
 
 def test_bridge_and_hangup_twiml() -> None:
-    xml = voice.bridge(
+    xml = twiml.bridge(
         "+12125550160",
         caller_id="+14155550199",
         status_callback="https://h/status?event=e",
@@ -295,4 +295,4 @@ def test_bridge_and_hangup_twiml() -> None:
     assert dial.get("callerId") == "+14155550199"
     assert dial.get("record") == "record-from-answer"
     assert dial.find("Number").text == "+12125550160"  # type: ignore[union-attr]
-    assert [v.tag for v in ET.fromstring(voice.hangup("Bye."))] == ["Say", "Hangup"]
+    assert [v.tag for v in ET.fromstring(twiml.hangup("Bye."))] == ["Say", "Hangup"]
