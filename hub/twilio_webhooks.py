@@ -16,6 +16,8 @@ answered 200 (Twilio does not retry callbacks; there is nothing to fix on its si
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 from xml.sax.saxutils import escape
 
 from starlette.requests import Request
@@ -33,6 +35,8 @@ from timeline.events import Channel, Event
 
 log = logging.getLogger(__name__)
 
+P = TypeVar("P")
+
 #: Twilio's forms are a few kB (ten media URLs at most); anything near this is not Twilio.
 MAX_BODY = 64 * 1024
 
@@ -47,7 +51,7 @@ def twiml(*messages: str) -> Response:
     return Response(body, media_type="text/xml")
 
 
-def _json_error(status: int, code: str, message: str) -> Response:
+def json_error(status: int, code: str, message: str) -> Response:
     return JSONResponse(error_body(code, message), status)
 
 
@@ -67,17 +71,17 @@ async def _read_limited(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _verified_form(
+async def verified_form(
     request: Request, services: Services
 ) -> tuple[list[tuple[str, str]] | None, Response | None]:
     """The signed form of a Twilio webhook, or the error answer."""
     token = services.settings.twilio_auth_token
     if not token:
-        return None, _json_error(404, "not_found", "the twilio channel is off")
+        return None, json_error(404, "not_found", "the twilio channel is off")
     try:
         body = await _read_limited(request)
     except _TooLarge:
-        return None, _json_error(413, "too_large", f"webhook bodies are at most {MAX_BODY} bytes")
+        return None, json_error(413, "too_large", f"webhook bodies are at most {MAX_BODY} bytes")
     url = signature.public_url_for(
         services.settings.public_url, request.url.path, request.url.query
     )
@@ -96,28 +100,33 @@ async def _verified_form(
             ok = signature.verify(token, url, form, None, header)
     if not ok:
         log.warning("twilio webhook %s refused: bad or missing signature", request.url.path)
-        return None, _json_error(403, "forbidden", "bad or missing X-Twilio-Signature")
+        return None, json_error(403, "forbidden", "bad or missing X-Twilio-Signature")
     if content_type.startswith("application/json"):
-        return None, _json_error(400, "bad_request", "expected a form body for this webhook")
+        return None, json_error(400, "bad_request", "expected a form body for this webhook")
     return form, None
 
 
-#: Public names for the other Twilio webhooks (``hub.voice``): the same functions.
-verified_form = _verified_form
-json_error = _json_error
+async def signed_payload(
+    request: Request, services: Services, parser: Callable[[list[tuple[str, str]]], P]
+) -> P | Response:
+    """The parsed payload of a signed Twilio webhook, or the error answer (403/413/400...)."""
+    form, error = await verified_form(request, services)
+    if error is not None:
+        return error
+    assert form is not None
+    try:
+        return parser(form)
+    except PayloadError as exc:
+        return json_error(400, "bad_payload", str(exc))
 
 
 async def inbound_sms(request: Request) -> Response:
     """An incoming SMS or MMS: store it (and any consent change), answer TwiML."""
     services: Services = request.app.state.services
-    form, error = await _verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        (message,) = parse.parse_inbound_sms(form)
-    except PayloadError as exc:
-        return _json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, parse.parse_inbound_sms)
+    if isinstance(parsed, Response):
+        return parsed
+    (message,) = parsed
     submission: list[Event] = [message]
     keyword = message.data.get("consent")
     state = _KEYWORD_STATE.get(str(keyword))
@@ -135,7 +144,7 @@ async def inbound_sms(request: Request) -> Response:
     outcomes = await services.writer.submit(submission)
     if outcomes[0].kind == "rejected":
         log.warning("inbound sms %s rejected: %s", message.external_id, outcomes[0].reason)
-        return _json_error(400, "bad_payload", outcomes[0].reason or "unusable message")
+        return json_error(400, "bad_payload", outcomes[0].reason or "unusable message")
     log.info("inbound sms %s: %s", message.external_id, outcomes[0].kind)
     if keyword == "help" and outcomes[0].kind == "created":
         return twiml(services.settings.twilio_help_text)
@@ -145,14 +154,10 @@ async def inbound_sms(request: Request) -> Response:
 async def sms_status(request: Request) -> Response:
     """A message status callback: move the message's status forward."""
     services: Services = request.app.state.services
-    form, error = await _verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        (update,) = parse.parse_status_callback(form)
-    except PayloadError as exc:
-        return _json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, parse.parse_status_callback)
+    if isinstance(parsed, Response):
+        return parsed
+    (update,) = parsed
     event_id = request.query_params.get("event")
     if event_id and update.external_id:
         # The callback may beat the sender worker's record of the MessageSid.

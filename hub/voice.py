@@ -15,7 +15,7 @@ URL and ``HUB_PUBLIC_URL/webhooks/twilio/voice/status`` as its call status callb
                                        customer
 =====================================  ============================================
 
-Every request is checked as the SMS webhooks are (``hub.twilio_webhooks.verified_form``:
+Every request is checked as the SMS webhooks are (``hub.twilio_webhooks.signed_payload``:
 413 over the size limit, 403 without a valid X-Twilio-Signature, nothing stored), a
 malformed form is 400, and a callback about a call we do not hold is logged and answered
 200 (Twilio cannot fix it by retrying).
@@ -38,9 +38,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from channels.twilio import twiml, voice
-from channels.twilio.errors import PayloadError
 from hub.services import Services
-from hub.twilio_webhooks import json_error, verified_form
+from hub.twilio_webhooks import json_error, signed_payload
 from hub.voice_state import (
     WEBHOOK_DIAL,
     WEBHOOK_RECORDING,
@@ -101,14 +100,10 @@ def _urls(services: Services, event_id: str | None) -> dict[str, str]:
 async def inbound_call(request: Request) -> Response:
     """An incoming call: store it, publish the screen pop, answer the routing TwiML."""
     services = _services(request)
-    form, error = await verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        (event,) = voice.parse_inbound_call(form)
-    except PayloadError as exc:
-        return json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, voice.parse_inbound_call)
+    if isinstance(parsed, Response):
+        return parsed
+    (event,) = parsed
     sid = event.external_id
     assert sid is not None
     (outcome,) = await services.writer.submit([event])
@@ -152,14 +147,10 @@ async def inbound_call(request: Request) -> Response:
 async def call_status(request: Request) -> Response:
     """A status callback of a call or a dialled leg: settle the call's one event."""
     services = _services(request)
-    form, error = await verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        update = voice.parse_call_status(form)
-    except PayloadError as exc:
-        return json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, voice.parse_call_status)
+    if isinstance(parsed, Response):
+        return parsed
+    update = parsed
     hint = request.query_params.get("event") or None
     async with services.db.write() as conn:
         applied = await apply_status(conn, update, hint=hint)
@@ -173,14 +164,10 @@ async def call_status(request: Request) -> Response:
 async def recording(request: Request) -> Response:
     """A recording or transcription callback: attach it to the call's event."""
     services = _services(request)
-    form, error = await verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        update = voice.parse_recording_callback(form)
-    except PayloadError as exc:
-        return json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, voice.parse_recording_callback)
+    if isinstance(parsed, Response):
+        return parsed
+    update = parsed
     hint = request.query_params.get("event") or None
     async with services.db.write() as conn:
         applied = await apply_recording(conn, update, hint=hint)
@@ -199,14 +186,10 @@ async def dial_result(request: Request) -> Response:
     (``step=bridge``) the call ends.
     """
     services = _services(request)
-    form, error = await verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        result = voice.parse_dial_result(form)
-    except PayloadError as exc:
-        return json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, voice.parse_dial_result)
+    if isinstance(parsed, Response):
+        return parsed
+    result = parsed
     step = request.query_params.get("step", "dial")
     hint = request.query_params.get("event") or None
     # A caller who hung up while agents rang or in the queue is gone: nobody to record.
@@ -237,14 +220,10 @@ async def dial_result(request: Request) -> Response:
 async def bridge(request: Request) -> Response:
     """Click-to-call: the agent answered; dial the customer from our number."""
     services = _services(request)
-    form, error = await verified_form(request, services)
-    if error is not None:
-        return error
-    assert form is not None
-    try:
-        update = voice.parse_call_status(form)
-    except PayloadError as exc:
-        return json_error(400, "bad_payload", str(exc))
+    parsed = await signed_payload(request, services, voice.parse_call_status)
+    if isinstance(parsed, Response):
+        return parsed
+    update = parsed
     event_id = request.query_params.get("event")
     if not event_id:
         return json_error(400, "bad_request", "event: missing from the bridge URL")
