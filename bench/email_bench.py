@@ -284,11 +284,24 @@ def _current_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _fetch_batch() -> int:
+    """The hub's FETCH size (messages per UID FETCH), so the limit fetches alike."""
+    from channels.email import mailsync
+
+    return int(getattr(mailsync, "FETCH_BATCH", 50))
+
+
 async def phase_fetch(args: argparse.Namespace) -> dict[str, Any]:
-    """The limit: aioimaplib alone fetching every message in batches."""
+    """The limit: aioimaplib alone fetching every message, the hub's FETCH size."""
     import aioimaplib  # type: ignore[import-untyped]
 
     before = _current_mb()
+    cpu = _cpu(resource.RUSAGE_SELF)
     started = time.perf_counter()
     imap = aioimaplib.IMAP4(host="127.0.0.1", port=args.port, timeout=120)
     await imap.wait_hello_from_server()
@@ -307,7 +320,13 @@ async def phase_fetch(args: argparse.Namespace) -> dict[str, Any]:
                 size += len(line)
     await imap.logout()
     seconds = time.perf_counter() - started
-    return {"messages": count, "bytes": size, "seconds": seconds, "rss_before_mb": before}
+    return {
+        "messages": count,
+        "bytes": size,
+        "seconds": seconds,
+        "cpu": _cpu(resource.RUSAGE_SELF) - cpu,
+        "rss_before_mb": before,
+    }
 
 
 class Meter:
@@ -329,16 +348,6 @@ class Meter:
 
         return timed
 
-    def wrap_sync(self, name: str, func: Any) -> Any:
-        def timed(*a: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return func(*a, **kw)
-            finally:
-                self.add(name, time.perf_counter() - t)
-
-        return timed
-
 
 def _statement_key(sql: str) -> str:
     verb = sql.split(None, 1)[0].upper()
@@ -346,6 +355,15 @@ def _statement_key(sql: str) -> str:
         return verb
     table = re.search(r'\b(?:FROM|INTO|UPDATE)\s+"?(\w+)', sql, re.IGNORECASE)
     return f"{verb} {table.group(1) if table else '?'}"
+
+
+#: The hub's steps of a batch, timed by wrapping these MailIngest methods (wall time on
+#: the event loop; what is left of the sync is waiting for IMAP).
+STEPS = {
+    "parse": "parse_batch",
+    "threading": "decide_threads",
+    "store": "store_batch",
+}
 
 
 async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,25 +378,14 @@ async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
     from timeline.schema import events
 
     meter = Meter()
-    # The names hub.email_ingest looks up at call time, wrapped to be timed.
-    email_ingest.parse_message = meter.wrap_sync("parse", email_ingest.parse_message)  # type: ignore[assignment]
-    email_ingest.assign_thread = meter.wrap("threading", email_ingest.assign_thread)  # type: ignore[assignment]
-    email_ingest.ingest_batch = meter.wrap("ingest_batch", email_ingest.ingest_batch)  # type: ignore[assignment]
-    mailstore = email_ingest.mailstore
-    mailstore.remember_thread = meter.wrap("threading", mailstore.remember_thread)  # type: ignore[assignment]
-    mailstore.clear_bounce = meter.wrap("bounces", mailstore.clear_bounce)  # type: ignore[assignment]
-    mailstore.record_bounce = meter.wrap("bounces", mailstore.record_bounce)  # type: ignore[assignment]
-    base = email_ingest.MailIngest
-    if args.prototype:
-        base = _prototype(meter)
 
-    class Timed(base):  # type: ignore[valid-type,misc]
-        async def handle(self, batch: Any) -> None:
-            t = time.perf_counter()
-            try:
-                await super().handle(batch)
-            finally:
-                meter.add("handle", time.perf_counter() - t)
+    class Timed(email_ingest.MailIngest):
+        pass
+
+    for label, name in STEPS.items():
+        if hasattr(Timed, name):
+            setattr(Timed, name, meter.wrap(label, getattr(email_ingest.MailIngest, name)))
+    Timed.handle = meter.wrap("handle", email_ingest.MailIngest.handle)  # type: ignore[method-assign]
 
     workdir = Path(args.workdir)
     settings = Settings(
@@ -411,9 +418,12 @@ async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
         profiler = cProfile.Profile()
         profiler.enable()
     sa.event.listen(engine, "before_cursor_execute", count_statement)
+    cpu_self, cpu_children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     results = await ingest.sync_once(config)
     seconds = time.perf_counter() - started
+    cpu_self = _cpu(resource.RUSAGE_SELF) - cpu_self
+    cpu_children = _cpu(resource.RUSAGE_CHILDREN) - cpu_children
     sa.event.remove(engine, "before_cursor_execute", count_statement)
     if profiler is not None:
         profiler.disable()
@@ -435,114 +445,16 @@ async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
         "distinct": int(distinct),
         "created": ingest.stored,
         "seconds": seconds,
+        "cpu": cpu_self,
+        "cpu_children": cpu_children,
         "rss_before_mb": before,
         "statements": dict(sorted(statements.items(), key=lambda i: -i[1])),
         "split": {
-            "IMAP": seconds - handle,
+            "waiting for IMAP": seconds - handle,
             **spent,
-            "rest (commit, ...)": handle - sum(spent.values()),
+            "rest (commit, publish, ...)": handle - sum(spent.values()),
         },
     }
-
-
-def _prototype(meter: Meter) -> Any:
-    """The proposed fixes, as a prototype for measuring them: not the hub's code.
-
-    1. Threading per batch: one ``known_threads`` lookup for every key of every message
-       of the batch, the decisions made in memory with ``decide_thread``/``remember`` of
-       ``channels.email.threading`` (messages of one batch still see each other), one
-       executemany for the new ids (insert-if-absent) and one upsert for the subject keys;
-       and one DELETE for the bounces that the batch's inbound mail clears.
-    2. Parsing on ``policy.compat32`` (the tree without ``headerregistry`` objects, whose
-       Content-Type is re-parsed at every ``get_content_type()``), headers decoded by the
-       tolerant helpers of ``channels.email.mime``: ``parse`` module names are replaced
-       in this process only.
-    """
-    import email.parser
-    from email import policy
-
-    import sqlalchemy as sa
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    import channels.email.parse as parse_module
-    from channels.email import mime
-    from channels.email.threading import decide_thread, remember
-    from hub import email_ingest
-    from timeline import mailstore
-    from timeline.events import Direction, utcnow
-    from timeline.schema import bounces, thread_keys
-    from timeline.sql import chunks, insert_ignoring
-
-    def header_text(msg: Any, name: str, warnings: list[str]) -> str | None:
-        raw = mime.raw_header(msg, name)
-        return None if raw is None else mime.decode_words(raw).strip()
-
-    def compat32_parser(policy: Any = None) -> Any:
-        return email.parser.BytesParser(policy=policy_compat32)
-
-    policy_compat32 = policy.compat32
-    parse_module.BytesParser = compat32_parser  # type: ignore[assignment,misc]
-    parse_module.header_text = header_text  # type: ignore[assignment]
-
-    class Prototype(email_ingest.MailIngest):
-        async def _ingest(self, conn: Any, parsed: list[Any]) -> Any:
-            t = time.perf_counter()
-            keys = list(dict.fromkeys(k for item in parsed for k in item.thread.lookup_keys()))
-            known = dict(await mailstore.known_threads(conn, keys))
-            new_ids: dict[str, str] = {}
-            subjects: dict[str, str] = {}
-            events = []
-            for item in parsed:
-                decision = decide_thread(item.thread, known)
-                remember(known, decision)
-                for message_id in decision.new_ids:
-                    new_ids.setdefault(message_id, decision.key)
-                if decision.subject_key:
-                    subjects[decision.subject_key] = decision.key
-                for event in item.events():
-                    events.append(
-                        dataclasses.replace(event, thread_key=decision.key)
-                        if event.external_id == item.message_id
-                        else event
-                    )
-            now = utcnow()
-            rows = [{"key": k, "thread_key": v, "updated_at": now} for k, v in new_ids.items()]
-            for part in chunks(rows):
-                await conn.execute(insert_ignoring(conn, thread_keys, ["key"]), list(part))
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            upsert = dialect.insert(thread_keys)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=["key"],
-                set_={"thread_key": upsert.excluded.thread_key, "updated_at": now},
-            )
-            rows = [{"key": k, "thread_key": v, "updated_at": now} for k, v in subjects.items()]
-            for part in chunks(rows):
-                await conn.execute(upsert, list(part))
-            meter.add("threading", time.perf_counter() - t)
-            result = await email_ingest.ingest_batch(
-                conn,
-                events,
-                region=self.services.settings.default_region,
-                files=self.services.files,
-            )
-            t = time.perf_counter()
-            senders = {
-                item.event.sender.value.lower()
-                for item in parsed
-                if item.report is None
-                and item.event.direction is Direction.INBOUND
-                and item.event.sender is not None
-            }
-            for part in chunks(sorted(senders)):
-                await conn.execute(bounces.delete().where(bounces.c.address.in_(list(part))))
-            for item in parsed:
-                if item.report is not None:
-                    await self._bounces(conn, item, result)
-            meter.add("bounces", time.perf_counter() - t)
-            return result
-
-    _ = sa  # keep the import for readers of the prototype
-    return Prototype
 
 
 async def phase_parse(args: argparse.Namespace) -> dict[str, Any]:
@@ -550,28 +462,23 @@ async def phase_parse(args: argparse.Namespace) -> dict[str, Any]:
     from email import policy
     from email.parser import BytesParser
 
-    import channels.email.parse as parse_module
+    from channels.email.parse import parse_message
 
     raws = [p.read_bytes() for p in sorted(Path(args.workdir).glob("cur/*"))]  # noqa: ASYNC240
     out: dict[str, Any] = {"messages": len(raws)}
 
-    def parse_message(raw: bytes) -> Any:
-        return parse_module.parse_message(raw, our_addresses=[OUR_ADDRESS])
+    def ours(raw: bytes) -> Any:
+        return parse_message(raw, our_addresses=[OUR_ADDRESS])
 
     for name, func in (
         ("BytesParser(policy=compat32)", BytesParser(policy=policy.compat32).parsebytes),
         ("BytesParser(policy=default)", BytesParser(policy=policy.default).parsebytes),
-        ("parse_message", parse_message),
+        ("parse_message", ours),
     ):
         started = time.perf_counter()
         for raw in raws:
             func(raw)
         out[name] = time.perf_counter() - started
-    _prototype(Meter())
-    started = time.perf_counter()
-    for raw in raws:
-        parse_message(raw)
-    out["parse_message on compat32 (prototype)"] = time.perf_counter() - started
     out["seconds"] = out["parse_message"]
     return out
 
@@ -638,12 +545,14 @@ def machine() -> str:
     versions = ", ".join(
         f"{n} {metadata.version(n)}" for n in ("aioimaplib", "sqlalchemy", "aiosqlite")
     )
-    load = os.getloadavg()
     return (
         f"{os.cpu_count()} x {cpu}, {platform.python_implementation()} "
-        f"{platform.python_version()}, Dovecot {dovecot}, {versions}; "
-        f"load average before the run {load[0]:.2f}"
+        f"{platform.python_version()}, Dovecot {dovecot}, {versions}"
     )
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 @contextlib.contextmanager
@@ -663,10 +572,11 @@ def main_run(args: argparse.Namespace) -> int:
     from tests.peers.dovecot import _mail_owner, run_dovecot
 
     count = 2_000 if args.quick and args.messages is None else (args.messages or 20_000)
+    batch = _fetch_batch()
     say(f"email bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {count:,} messages")
     say(f"  machine: {machine()}")
+    say(f"  load average (1, 5, 15 min) before the run: {_load()}")
     uid, gid, _, _ = _mail_owner()
-    ok = True
     with run_dovecot() as server, _workdir() as work:
         peer = server.add_user()
         maildir = server.root / "mail" / peer.user / "Maildir"
@@ -685,56 +595,58 @@ def main_run(args: argparse.Namespace) -> int:
         say(f"  Dovecot indexed them (first SELECT) in {time.perf_counter() - t:.1f} s")
 
         login = (peer.port, peer.user, peer.password)
-        say("  raw aioimaplib FETCH (the limit), run 1 ...")
-        raw1 = spawn("fetch", *login, batch=BATCH)
+        say(f"  raw aioimaplib FETCH (the limit, {batch} per UID FETCH), run 1 ...")
+        raw1 = spawn("fetch", *login, batch=batch)
         say("  hub MailIngest.sync_once into empty SQLite ...")
         hub_work = work / "sync"
         hub_work.mkdir()
         synced = spawn("sync", *login, workdir=hub_work)
         say("  raw aioimaplib FETCH (the limit), run 2 ...")
-        raw2 = spawn("fetch", *login, batch=BATCH)
+        raw2 = spawn("fetch", *login, batch=batch)
         say("  parsers alone on the Maildir's files (no I/O) ...")
         parsed = spawn("parse", *login, workdir=maildir)
-        say("  hub with a prototype of the proposed fixes (not judged) ...")
-        proto_work = work / "prototype"
-        proto_work.mkdir()
-        proto = spawn("sync", *login, workdir=proto_work, prototype=True)
-        same_threads = _same_threads(hub_work / "hub.db", proto_work / "hub.db")
-        profiles: list[tuple[str, float, str]] = []
+        profile = None
         if args.profile:
-            for label, options in (("the hub", {}), ("the prototype", {"prototype": True})):
-                say(f"  {label} again under cProfile (not judged) ...")
-                prof_work = work / f"profile-{len(profiles)}"
-                prof_work.mkdir()
-                profiled = spawn("sync", *login, workdir=prof_work, profile=True, **options)
-                report = _profile_report(prof_work / "sync.prof")
-                profiles.append((label, profiled["seconds"], report))
+            say("  the hub again under cProfile (not judged) ...")
+            prof_work = work / "profile"
+            prof_work.mkdir()
+            profiled = spawn("sync", *login, workdir=prof_work, profile=True)
+            profile = (profiled["seconds"], _profile_report(prof_work / "sync.prof"))
+    say(f"  load average after the run: {_load()}")
 
     limit = max(raw1, raw2, key=rate)
+    per = synced["messages"] or 1
     say()
     say("results")
     for label, result in (("raw FETCH run 1", raw1), ("raw FETCH run 2", raw2)):
         say(
             f"  info  {label}: {result['messages']:,} messages "
             f"({result['bytes'] / 2**20:.1f} MB) in {result['seconds']:.2f} s = "
-            f"{rate(result):,.0f} msg/s, peak RSS {result['peak_rss_mb']:.0f} MB"
+            f"{rate(result):,.0f} msg/s, CPU {result['cpu'] / result['messages'] * 1e3:.3f} "
+            f"ms/msg, peak RSS {result['peak_rss_mb']:.0f} MB"
         )
     say(
         f"  info  hub sync: {synced['messages']:,} fetched, {synced['created']:,} stored in "
         f"{synced['seconds']:.2f} s = {rate(synced):,.0f} msg/s, peak RSS "
         f"{synced['peak_rss_mb']:.0f} MB (before the sync {synced['rss_before_mb']:.0f} MB)"
     )
+    say(
+        f"  info  hub CPU per message: {synced['cpu'] / per * 1e3:.3f} ms in the hub's process"
+        f" (event loop and SQLite thread), {synced['cpu_children'] / per * 1e3:.3f} ms in"
+        f" parse processes; raw FETCH {limit['cpu'] / limit['messages'] * 1e3:.3f} ms"
+    )
     split = synced["split"]
     say(
-        "  info  hub time split: "
+        "  info  hub wall time split (event loop): "
         + ", ".join(
-            f"{k} {v:.1f} s ({v / synced['seconds']:.0%})" for k, v in split.items() if v > 0
+            f"{k} {v:.1f} s ({v / synced['seconds']:.0%}, {v / per * 1e3:.2f} ms/msg)"
+            for k, v in split.items()
+            if v > 0
         )
     )
-    per = synced["messages"] or 1
     say(
-        f"  info  hub SQL statements: {sum(synced['statements'].values()) / per:.1f} per message ("
-        + ", ".join(f"{k} {v / per:.2f}" for k, v in list(synced["statements"].items())[:8])
+        f"  info  hub SQL statements: {sum(synced['statements'].values()) / per:.2f} per message ("
+        + ", ".join(f"{k} {v / per:.3f}" for k, v in list(synced["statements"].items())[:8])
         + ")"
     )
     say(
@@ -745,22 +657,8 @@ def main_run(args: argparse.Namespace) -> int:
                 "BytesParser(policy=compat32)",
                 "BytesParser(policy=default)",
                 "parse_message",
-                "parse_message on compat32 (prototype)",
             )
         )
-    )
-    say(
-        f"  info  prototype of the fixes (batched threading, compat32 parse): "
-        f"{proto['created']:,} stored in "
-        f"{proto['seconds']:.2f} s = {rate(proto):,.0f} msg/s "
-        f"({rate(proto) / rate(synced):.1f}x the hub), "
-        f"{sum(proto['statements'].values()) / per:.1f} SQL statements per message, "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in proto["split"].items() if v > 0)
-    )
-    say(
-        f"  info  prototype's events equal to the hub's (by Message-ID: kind, direction, "
-        f"status, thread, parties, subject, text, HTML, attachments): "
-        f"{same_threads[0]:,} of {same_threads[1]:,}"
     )
     ratio = rate(synced) / rate(limit)
     growth = synced["peak_rss_mb"] - synced["rss_before_mb"]
@@ -793,34 +691,11 @@ def main_run(args: argparse.Namespace) -> int:
     say()
     for verdict in verdicts:
         say(verdict.line())
-        ok = ok and verdict.ok
-    for label, seconds, report in profiles:
+    if profile is not None:
         say()
-        say(f"profile of {label}'s sync (cProfile, {seconds:.1f} s under the profiler)")
-        say(report)
-    return 0 if ok else 1
-
-
-def _same_threads(hub_db: Path, proto_db: Path) -> tuple[int, int]:
-    """How many events the prototype stored exactly like the hub (ids aside)."""
-    import sqlite3
-
-    query = (
-        "SELECT external_id, kind, direction, status, thread_key, attachments, sender, "
-        "recipient, subject, text, html FROM events WHERE channel = 'email'"
-    )
-    rows = []
-    for path in (hub_db, proto_db):
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            found = {}
-            for external_id, *rest in conn.execute(query):
-                attachments = [
-                    (a["filename"], a["content_type"], a["size"]) for a in json.loads(rest[4])
-                ]
-                found[external_id] = (*rest[:4], attachments, *rest[5:])
-            rows.append(found)
-    hub, proto = rows
-    return sum(1 for key, value in hub.items() if proto.get(key) == value), len(hub)
+        say(f"profile of the hub's sync (cProfile, {profile[0]:.1f} s under the profiler)")
+        say(profile[1])
+    return 0 if all(v.ok for v in verdicts) else 1
 
 
 def _profile_report(path: Path) -> str:
@@ -831,9 +706,9 @@ def _profile_report(path: Path) -> str:
     stats = pstats.Stats(str(path), stream=out)
     stats.strip_dirs()
     out.write("top by tottime:\n")
-    stats.sort_stats("tottime").print_stats(15)
+    stats.sort_stats("tottime").print_stats(20)
     out.write("top by cumtime:\n")
-    stats.sort_stats("cumtime").print_stats(35)
+    stats.sort_stats("cumtime").print_stats(40)
     return out.getvalue()
 
 
@@ -843,11 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 messages")
     parser.add_argument("--profile", action="store_true", help="add a cProfile run of the sync")
     parser.add_argument("--phase", choices=["fetch", "sync", "parse"], help=argparse.SUPPRESS)
-    parser.add_argument("--prototype", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--user", help=argparse.SUPPRESS)
     parser.add_argument("--password", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:

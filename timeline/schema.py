@@ -184,6 +184,8 @@ agents = sa.Table(
     sa.Column("name", sa.String(200)),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("team", sa.String(100)),
+    # The agent's own phone (E.164): click-to-call rings it first.
+    sa.Column("phone", sa.String(32)),
     sa.Column("password_hash", sa.String(255)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("disabled_at", UTCDateTime),

@@ -75,7 +75,7 @@ def _payload_bytes(part: Message) -> bytes:
     if part.get_content_maintype() == "message":
         inner = part.get_payload()
         if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            for pol in (policy.default, policy.compat32):
+            for pol in (policy.compat32, policy.default):
                 try:
                     return inner[0].as_bytes(policy=pol)
                 except Exception:  # noqa: S112 - the generator may choke on junk

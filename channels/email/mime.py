@@ -15,6 +15,7 @@ import email.utils
 import mimetypes
 import re
 from collections.abc import Iterable
+from email import policy
 from email.headerregistry import AddressHeader
 from email.message import Message
 from typing import cast
@@ -26,6 +27,15 @@ _MSG_ID = re.compile(r"<([^<>]*)>")
 _FOLD = re.compile(r"\r?\n[ \t]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# The everyday shapes of an address list, which need no full RFC 5322 parser:
+# ``a@b.c``, ``Anna Miller <a@b.c>``, ``"Miller, Anna" <a@b.c>``, comma-separated.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_QUOTED = r'"[^"\\\r\n]*"'
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*"
+_SIMPLE_MAILBOX = re.compile(
+    rf"\s*(?:(?P<name>(?:{_ATOM}|{_QUOTED})(?:[ \t]+(?:{_ATOM}|{_QUOTED}))*)?[ \t]*"
+    rf"<(?P<angle>{_ADDR_SPEC})>|(?P<bare>{_ADDR_SPEC}))\s*(?:,|$)"
+)
 
 
 def clean_text(value: str) -> str:
@@ -68,12 +78,20 @@ def decode_bytes(data: bytes, charset: str | None, warnings: list[str], what: st
     return data.decode("latin-1").replace("\x00", "")
 
 
+def _index(msg: Message) -> dict[str, list[str]]:
+    """The raw headers by lower-cased name, built once per parsed part (never mutated)."""
+    found: dict[str, list[str]] | None = vars(msg).get("_commhub_headers")
+    if found is None:
+        found = {}
+        for key, value in msg.raw_items():
+            found.setdefault(key.lower(), []).append(str(value))
+        vars(msg)["_commhub_headers"] = found
+    return found
+
+
 def _raw(msg: Message, name: str) -> str | None:
-    wanted = name.lower()
-    for key, value in msg.raw_items():
-        if key.lower() == wanted:
-            return _FOLD.sub(" ", str(value)).strip()
-    return None
+    values = _index(msg).get(name.lower())
+    return _FOLD.sub(" ", values[0]).strip() if values else None
 
 
 def raw_header(msg: Message, name: str) -> str | None:
@@ -100,26 +118,66 @@ def decode_words(value: str) -> str:
 
 
 def header_text(msg: Message, name: str, warnings: list[str]) -> str | None:
-    """The first ``name`` header decoded (RFC 2047), or ``None`` if there is none."""
-    try:
-        value = msg.get(name)
-    except Exception as exc:  # the header parser has raised on odd input
-        warnings.append(f"unreadable {name} header ({type(exc).__name__})")
-        raw = raw_header(msg, name)
-        return None if raw is None else decode_words(raw)
-    if value is None:
+    """The first ``name`` header decoded (RFC 2047), or ``None`` if there is none.
+
+    Read from the raw header, so a message parsed with ``policy.compat32`` decodes only
+    what is asked for. Raw 8-bit (RFC 6532 or careless mailers) is read as UTF-8 or
+    Windows-1252 by :func:`clean_text`, not turned into U+FFFD.
+    """
+    raw = raw_header(msg, name)
+    if raw is None:
         return None
-    raw = _raw(msg, name)
-    if raw is not None and _SURROGATE.search(raw):
-        # Raw 8-bit in a header (RFC 6532 or just careless): the header parser would turn
-        # it into U+FFFD; decode it as UTF-8 or Windows-1252 instead.
-        return decode_words(clean_text(raw)).strip()
-    return clean_text(str(value)).strip()
+    try:
+        return decode_words(raw).strip()
+    except Exception as exc:  # decode_words is tolerant; be safe anyway
+        warnings.append(f"unreadable {name} header ({type(exc).__name__})")
+        return raw.strip()
 
 
 def _valid_addr(addr: str) -> bool:
     local, at, domain = addr.rpartition("@")
     return bool(at and local and domain) and not any(c.isspace() for c in addr)
+
+
+def _simple_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """The addresses of plain values (see ``_SIMPLE_MAILBOX``), or None for the parser.
+
+    Anything else (encoded words, comments, groups, escapes, 8-bit, obsolete syntax) is
+    left to the RFC 5322 parser; for these shapes both give the same pairs.
+    """
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        if "=?" in value:
+            return None
+        pos, end = 0, len(value.rstrip())
+        while pos < end:
+            match = _SIMPLE_MAILBOX.match(value, pos)
+            if match is None:
+                return None
+            name = match["name"] or ""
+            if '"' in name:
+                if name.count('"') != 2 or not (name[0] == name[-1] == '"'):
+                    return None
+                name = name[1:-1]
+            else:
+                name = " ".join(name.split())
+            pairs.append((name, match["angle"] or match["bare"]))
+            pos = match.end()
+    return pairs
+
+
+def _parsed_addresses(name: str, values: list[str]) -> Iterable[tuple[str, str]]:
+    try:
+        if sum(len(v) for v in values) > _LONG_ADDRESS_HEADER:
+            raise ValueError("long header")
+        # The full RFC 5322 parser (headerregistry), for the address headers only.
+        headers = [cast(AddressHeader, policy.default.header_fetch_parse(name, v)) for v in values]
+        return [(a.display_name, a.addr_spec) for h in headers for a in h.addresses]
+    except Exception:  # fall back to the lenient stdlib splitter
+        return [
+            (decode_words(n), a)
+            for n, a in email.utils.getaddresses([decode_words(v) for v in values])
+        ]
 
 
 def address_list(msg: Message, name: str, warnings: list[str]) -> list[tuple[str, str]]:
@@ -129,24 +187,11 @@ def address_list(msg: Message, name: str, warnings: list[str]) -> list[tuple[str
     warning. Addresses keep their case: ``timeline.identity`` normalizes them.
     """
     found: list[tuple[str, str]] = []
-    values: list[str] = []
-    for key, raw in msg.raw_items():
-        if key.lower() == name.lower():
-            values.append(_FOLD.sub(" ", str(raw)))
+    values = [_FOLD.sub(" ", raw) for raw in _index(msg).get(name.lower(), ())]
     if not values:
         return found
-    pairs: Iterable[tuple[str, str]]
-    try:
-        if sum(len(v) for v in values) > _LONG_ADDRESS_HEADER:
-            raise ValueError("long header")
-        parsed = msg.get_all(name) or []
-        headers = [cast(AddressHeader, h) for h in parsed]
-        pairs = [(a.display_name, a.addr_spec) for h in headers for a in h.addresses]
-    except Exception:  # fall back to the lenient stdlib splitter
-        pairs = [
-            (decode_words(n), a)
-            for n, a in email.utils.getaddresses([decode_words(v) for v in values])
-        ]
+    simple = _simple_addresses(values)
+    pairs = simple if simple is not None else _parsed_addresses(name, values)
     skipped = 0
     for display, addr in pairs:
         addr = clean_text(addr).strip().strip("<>").strip()

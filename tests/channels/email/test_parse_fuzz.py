@@ -82,3 +82,31 @@ def test_parse_message_never_raises(raw: bytes) -> None:
     json.dumps(dict(event.data), ensure_ascii=False).encode("utf-8")
     for extra in parsed.events():
         assert extra.channel is Channel.EMAIL
+
+
+_ATEXT = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=6).filter(
+    lambda s: "=?" not in s
+)
+_DOMAIN = st.lists(_ATEXT, min_size=1, max_size=3).map(".".join)
+_ADDR = st.builds(lambda local, domain: f"{local}@{domain}", _ATEXT, _DOMAIN)
+_NAME = st.one_of(
+    st.just(""),
+    st.lists(_ATEXT, min_size=1, max_size=3).map(lambda w: " ".join(w) + " "),
+    st.lists(_ATEXT, min_size=1, max_size=3).map(lambda w: "  ".join(w)),
+    st.text(alphabet="ab ,.:;<>@()", max_size=12).map(lambda t: f'"{t}" '),
+)
+_MAILBOX = st.one_of(_ADDR, st.builds(lambda n, a: f"{n}<{a}>", _NAME, _ADDR))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MAILBOX, min_size=1, max_size=4), st.sampled_from([",", ", ", " , "]))
+def test_the_fast_address_reader_agrees_with_the_rfc5322_parser(
+    mailboxes: list[str], separator: str
+) -> None:
+    # Plain address lists skip headerregistry; whatever they accept must read the same.
+    from channels.email.mime import _parsed_addresses, _simple_addresses
+
+    value = separator.join(mailboxes)
+    fast = _simple_addresses([value])
+    if fast is not None:
+        assert fast == list(_parsed_addresses("To", [value]))
