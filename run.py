@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--role", required=True, choices=["agent", "supervisor", "admin"])
     add.add_argument("--name")
     add.add_argument("--team")
+    add.add_argument("--phone", help="the agent's own phone: click-to-call rings it first")
     add.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
     agent_sub.add_parser("list", help="list agents: id, email, role, team, active tokens")
     revoke = agent_sub.add_parser("revoke-token", help="revoke an API token by its id")
@@ -141,8 +142,9 @@ async def _worker(settings: Settings) -> None:
 async def _agent_add(settings: Settings, args: argparse.Namespace, password: str | None) -> str:
     from hub import audit
     from hub.auth import add_agent
+    from hub.voice_outbound import set_phone
     from timeline.db import Database
-    from timeline.errors import Conflict
+    from timeline.errors import Conflict, InvalidIdentity
     from timeline.migrate import upgrade
 
     db = Database.from_url(settings.database_url)
@@ -157,12 +159,14 @@ async def _agent_add(settings: Settings, args: argparse.Namespace, password: str
                 team=args.team,
                 password=password,
             )
+            if args.phone:
+                await set_phone(conn, agent_id, args.phone, settings.default_region)
             await audit.record(
                 conn,
                 "agent.create",
                 detail={"agent": agent_id, "role": args.role, "team": args.team, "via": "cli"},
             )
-    except Conflict as exc:
+    except (Conflict, InvalidIdentity) as exc:
         raise UsageError(str(exc)) from None
     finally:
         await db.dispose()

@@ -33,9 +33,10 @@ from hub.voice_state import WEBHOOK_BRIDGE, WEBHOOK_STATUS, read_pop, settle, we
 from timeline import calls
 from timeline.customers import require_active
 from timeline.events import Channel, Direction, Event, Identity, IdentityKind, Kind, utcnow
+from timeline.identity import normalize_phone
 from timeline.ingest import attach_external_id, ingest_batch
 from timeline.records import StoredEvent
-from timeline.schema import events, identities
+from timeline.schema import agents, events, identities
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,19 @@ class Numbers:
 
     ours: str
     customer: str
+
+
+async def set_phone(conn: AsyncConnection, agent_id: str, raw: str | None, region: str) -> None:
+    """Store the agent's own phone (E.164; None clears it); InvalidIdentity if not a number."""
+    phone = normalize_phone(raw, region) if raw is not None else None
+    await conn.execute(agents.update().where(agents.c.id == agent_id).values(phone=phone))
+
+
+async def agent_phone(conn: AsyncConnection, agent_id: str) -> str | None:
+    """The agent's own phone, if one is stored."""
+    found = await conn.execute(sa.select(agents.c.phone).where(agents.c.id == agent_id))
+    phone: str | None = found.scalar_one_or_none()
+    return phone
 
 
 async def numbers_for(conn: AsyncConnection, settings: Settings, customer_id: str) -> Numbers:

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from timeline.customers import visible_to
 from timeline.events import Channel, IdentityKind, utcnow
 from timeline.records import Customer, StoredEvent, iso
 from timeline.schema import calls, consents, customers, events, identities
@@ -249,9 +250,13 @@ async def update_event(
 
 
 async def open_calls(
-    conn: AsyncConnection, *, limit: int = 200
+    conn: AsyncConnection, *, limit: int = 200, teams: frozenset[str] | None = None
 ) -> list[tuple[CallRow, StoredEvent]]:
-    """Calls not yet ended (ringing or in progress), oldest first, with their events."""
+    """Calls not yet ended (ringing or in progress), oldest first, with their events.
+
+    ``teams``: only calls of customers visible to agents of these teams
+    (``timeline.customers.visible_to``); None: every call.
+    """
     query = (
         sa.select(calls, events)
         .join(events, events.c.id == calls.c.event_id)
@@ -259,6 +264,10 @@ async def open_calls(
         .order_by(calls.c.started_at, calls.c.call_sid)
         .limit(limit)
     )
+    if teams is not None:
+        query = query.join(customers, customers.c.id == events.c.customer_id).where(
+            visible_to(teams)
+        )
     out: list[tuple[CallRow, StoredEvent]] = []
     for row in (await conn.execute(query)).all():
         mapping = row._mapping

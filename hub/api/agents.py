@@ -20,6 +20,7 @@ from hub.auth import hash_token, issue_token
 from hub.errors import ApiError
 from hub.routing import Ctx, Endpoint, Param
 from timeline.events import utcnow
+from timeline.identity import normalize_phone
 from timeline.records import iso
 from timeline.schema import agents, api_tokens
 
@@ -34,6 +35,7 @@ class AgentOut(BaseModel):
     name: str | None
     role: str
     team: str | None
+    phone: str | None = Field(default=None, description="rung first by click-to-call (E.164)")
 
 
 class TokenOut(BaseModel):
@@ -68,6 +70,9 @@ class AgentPatch(BaseModel):
 
     role: Literal["agent", "supervisor", "admin"] | None = None
     team: str | None = Field(default=None, min_length=1, max_length=100)
+    phone: str | None = Field(
+        default=None, min_length=3, max_length=32, description="click-to-call rings it first"
+    )
 
 
 async def me(ctx: Ctx) -> Response:
@@ -169,11 +174,16 @@ async def patch_agent(ctx: Ctx) -> Response:
             values["role"] = body.role
         if "team" in body.model_fields_set and body.team != row.team:
             values["team"] = body.team
+        if "phone" in body.model_fields_set:
+            region = ctx.services.settings.default_region
+            phone = normalize_phone(body.phone, region) if body.phone is not None else None
+            if phone != row.phone:
+                values["phone"] = phone
         if values:
             await conn.execute(agents.update().where(agents.c.id == agent_id).values(**values))
             await ctx.audit(
                 conn,
-                "agent.role" if "role" in values else "agent.team",
+                "agent.role" if "role" in values else "agent." + next(iter(values)),
                 detail={
                     "agent": agent_id,
                     **{f"{k}_from": getattr(row, k) for k in values},
@@ -188,6 +198,7 @@ async def patch_agent(ctx: Ctx) -> Response:
             "name": changed.name,
             "role": changed.role,
             "team": changed.team,
+            "phone": changed.phone,
         }
     )
 
@@ -245,7 +256,7 @@ ENDPOINTS = [
         "PATCH",
         "/api/v1/agents/{id}",
         patch_agent,
-        "Change an agent's role or team (audited)",
+        "Change an agent's role, team or phone (audited)",
         "admin",
         {
             200: ("the agent now", AgentOut),

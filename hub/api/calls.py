@@ -1,4 +1,9 @@
-"""Calls for agents: the calls ringing now, click-to-call, and playing recordings."""
+"""Calls for agents: the calls ringing now, click-to-call, and playing recordings.
+
+Each is scoped to the agent's teams (``Ctx.teams``, as the customer API and the stream
+are): a call of a customer the agent may not see is not listed, cannot be placed and its
+recording is not found (404, never 403: ids cannot be probed).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from hub import schemas
 from hub.errors import ApiError
 from hub.routing import Ctx, Endpoint, Param, int_param
 from hub.voice_outbound import Refused, place_call, queue_call
+from hub.voice_outbound import agent_phone as agent_phone_of
 from hub.voice_recording import stream_recording
 from hub.voice_state import call_json
 from timeline import calls, store
+from timeline import customers as customer_ops
 from timeline.events import Channel
 from timeline.idempotency import Answer
 from timeline.identity import normalize_phone
@@ -21,11 +28,11 @@ async def active_calls(ctx: Ctx) -> Response:
     """Calls ringing or in progress, oldest first, each with its customer.
 
     Read from the database: a refreshed console, a restarted hub and every other agent
-    see the same list.
+    see the same list (each only the calls of customers of their teams).
     """
     limit = int_param(ctx.request, "limit", 100, 1, 200)
     async with ctx.services.db.read() as conn:
-        rows = await calls.open_calls(conn, limit=limit)
+        rows = await calls.open_calls(conn, limit=limit, teams=ctx.teams)
         people = await calls.customers_many(conn, [event.customer_id for _, event in rows])
         items = [call_json(event, people.get(event.customer_id)) for _, event in rows]
     return JSONResponse({"items": items, "next": None})
@@ -37,24 +44,36 @@ async def start_call(ctx: Ctx) -> Response:
     The answer is 202 with the outbound call event (``queued``); Twilio is asked to ring
     the agent right after it is stored, and the call's progress (or a refusal, as
     ``failed`` with ``data.error``) follows on the timeline and the live stream.
-    ``agent_phone`` defaults to ``TWILIO_AGENT_PHONE``.
+    ``agent_phone`` defaults to the agent's own phone (``agent add --phone``,
+    ``PATCH /api/v1/agents/{id}``), else to ``TWILIO_AGENT_PHONE``.
     """
     body = await ctx.body(schemas.CallIn)
     services = ctx.services
     settings = services.settings
     if services.twilio is None:
         raise ApiError(422, "not_configured", "calls need the twilio channel to be configured")
-    raw = body.agent_phone or settings.twilio_agent_phone
-    if not raw:
+    if body.agent_phone:
+        phone: str | None = normalize_phone(
+            body.agent_phone, settings.default_region, field="agent_phone"
+        )
+    else:
+        async with services.db.read() as conn:
+            phone = await agent_phone_of(conn, ctx.agent.id)
+        if phone is None and settings.twilio_agent_phone:
+            phone = normalize_phone(
+                settings.twilio_agent_phone, settings.default_region, field="agent_phone"
+            )
+    if phone is None:
         raise ApiError(
             422,
             "invalid_field",
-            "agent_phone: give one (TWILIO_AGENT_PHONE is not set)",
+            "agent_phone: give one (the agent has no phone and TWILIO_AGENT_PHONE is not set)",
             field="agent_phone",
         )
-    agent_phone = normalize_phone(raw, settings.default_region, field="agent_phone")
+    agent_phone = phone
 
     async def op(conn: AsyncConnection) -> Answer:
+        await ctx.require_visible(conn, body.customer_id)
         try:
             event = await queue_call(
                 conn, settings, customer_id=body.customer_id, agent_id=ctx.agent.id
@@ -75,7 +94,8 @@ async def play_recording(ctx: Ctx) -> Response:
     event_id = ctx.path("event_id")
     async with ctx.services.db.read() as conn:
         event = await store.get_event(conn, event_id)
-    if event.channel != Channel.VOICE.value:
+        visible = await customer_ops.is_visible(conn, event.customer_id, ctx.teams)
+    if event.channel != Channel.VOICE.value or not visible:
         raise ApiError(404, "not_found", f"no call {event_id!r}")
     recording = event.data.get("recording")
     if not isinstance(recording, dict) or recording.get("status") != "completed":

@@ -1,4 +1,4 @@
-"""reserved for voice (agents' phones, call reconciliation)
+"""voice: agents' own phones (click-to-call rings them)
 
 Revision ID: 0008
 Revises: 0007
@@ -7,6 +7,9 @@ Create Date: 2026-11-23 04:10:00.000000
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import op
+
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
@@ -14,8 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("agents", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("phone", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("agents", schema=None) as batch_op:
+        batch_op.drop_column("phone")
