@@ -6,7 +6,9 @@ in the URL would end up in logs and history). It carries what ``/api/v1/stream``
 rendered: ``event: timeline`` is ``{"id", "customer_id", "html"}`` (the event's list
 item, inserted or replaced in place by ``console.js``), ``event: call`` is ``{"key",
 "state", "html"}`` (the screen-pop banner). The session is checked again at every
-heartbeat, so a stream ends with its session.
+heartbeat, so a stream ends with its session. Like ``/api/v1/stream`` it carries only what
+the agent's teams may see: events and screen pops of other teams' customers are not sent
+(``hub.api.stream.Visibility``; calls from unknown numbers go to everyone).
 
 The sandbox page (demo mode only) lets a person play a customer through the built-in
 Twilio sandbox at ``TWILIO_API_BASE``: text the hub, phone it, and read the hub's
@@ -24,10 +26,14 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from hub.api.stream import Visibility
+from hub.routing import team_scope
 from hub.sessions import Session
 from hub.ui.guard import console, console_of, field, form_of, refused
 from hub.ui.render import group_threads
+from timeline import customers as customer_ops
 from timeline.errors import TimelineError
+from timeline.events import Identity, IdentityKind
 from timeline.identity import normalize_phone
 from timeline.records import StoredEvent
 
@@ -44,6 +50,7 @@ async def stream(request: Request, session: Session) -> Response:
     heartbeat = float(request.app.state.sse_heartbeat)
     cookie = request.cookies.get(c.cookie)
     templates = c.templates
+    visibility = Visibility(c.services.db, team_scope(session.agent))
 
     def render(topic: str, item: Any) -> str | None:
         if isinstance(item, StoredEvent):
@@ -73,6 +80,8 @@ async def stream(request: Request, session: Session) -> Response:
                     continue
                 if message is None:
                     return
+                if not await visibility.allows(message[1]):
+                    continue
                 text = render(*message)
                 if text is not None:
                     yield text
@@ -178,6 +187,10 @@ async def sandbox_phone(request: Request, session: Session) -> Response:
         )
     except TimelineError as exc:
         return c.render(request, "_flash.html", error=str(exc))
+    async with c.services.db.read() as conn:
+        owner = await customer_ops.find(conn, Identity(IdentityKind.PHONE, number))
+        if owner and not await customer_ops.is_visible(conn, owner, team_scope(session.agent)):
+            return refused(request, 404, "No such customer.")  # another team's customer
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             answer = await client.get(f"{base}/sandbox/phones/{number}/messages")

@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from hub import sessions
+from hub import audit, sessions, throttle
 from hub.auth import check_password, hash_password
 from hub.email_outbound import queue_email
+from hub.routing import team_scope
 from hub.sessions import Session
 from hub.sms_outbound import Refused, queue_sms
 from hub.ui.guard import console, console_of, field, form_of, redirect, refused
@@ -44,23 +45,46 @@ def _login_cookie(public_url: str) -> str:
     return ("__Host-" if sessions.is_https(public_url) else "") + LOGIN_COOKIE
 
 
-async def active_pops(request: Request) -> list[dict[str, Any]]:
-    """Screen pops of the calls ringing or in progress (rendered on every page)."""
+def teams(session: Session) -> frozenset[str] | None:
+    """The teams whose customers the session's agent sees (None: all), as in the API."""
+    return team_scope(session.agent)
+
+
+async def active_pops(request: Request, session: Session) -> list[dict[str, Any]]:
+    """Screen pops of the calls ringing or in progress that the agent may see (rendered
+    on every page): calls of customers of other teams are left out."""
     from hub.voice_state import screen_pops
 
     db = console_of(request).services.db
     async with db.read() as conn:
-        rows = await call_ops.open_calls(conn, limit=20)
-        return await screen_pops(conn, [event for _, event in rows])
+        rows = await call_ops.open_calls(conn, limit=200)
+        calls = [event for _, event in rows]
+        seen = await customer_ops.visible_ids(conn, [e.customer_id for e in calls], teams(session))
+        return await screen_pops(conn, [e for e in calls if e.customer_id in seen][:20])
 
 
 async def page(
     request: Request, session: Session, name: str, status: int = 200, **context: Any
 ) -> HTMLResponse:
     """A full console page (with the active calls' banners)."""
+    calls = await active_pops(request, session)
     return console_of(request).render(
-        request, name, status=status, session=session, calls=await active_pops(request), **context
+        request, name, status=status, session=session, calls=calls, **context
     )
+
+
+async def foreign(request: Request, session: Session, customer_id: str) -> Response | None:
+    """A 404 when the agent may not see this customer (another team's): like an unknown
+    one, so ids cannot be probed (OWASP ASVS 5.0 V8.2.2); None when they may."""
+    scope = teams(session)
+    if scope is None:
+        return None
+    async with console_of(request).services.db.read() as conn:
+        if await customer_ops.is_visible(conn, customer_id, scope):
+            return None
+    if request.headers.get("hx-request") or request.method != "GET":
+        return refused(request, 404, "No such customer.")
+    return await page(request, session, "error.html", 404, message="No such customer.")
 
 
 # -- login ---------------------------------------------------------------------------------
@@ -103,6 +127,10 @@ async def login(request: Request) -> Response:
     email = field(form, "email").lower()
     password = form.get("password")
     password = password if isinstance(password, str) else ""
+    wait = await throttle.login_refusal(c.services.db, request, email)
+    if wait:
+        page_429 = _login_page(request, public_url, throttle.retry_message(wait), 429)
+        return throttle.too_many(page_429, wait)
     async with c.services.db.read() as conn:
         row = (
             await conn.execute(
@@ -114,7 +142,14 @@ async def login(request: Request) -> Response:
     stored = row.password_hash if row is not None else None
     ok = check_password(stored or _DUMMY_HASH, password) and stored is not None
     if row is None or not ok:
+        reason = "unknown_account" if row is None else "wrong_password"
+        agent_id = row.id if row is not None else None
+        wait = await throttle.login_failed(c.services.db, request, email, agent_id, reason=reason)
+        if wait:
+            page_429 = _login_page(request, public_url, throttle.retry_message(wait), 429)
+            return throttle.too_many(page_429, wait)
         return _login_page(request, public_url, "Wrong email or password.", 401)
+    await throttle.login_succeeded(c.services.db, request, email, row.id)
     await c.sessions.end(request.cookies.get(c.cookie))
     value = await c.sessions.create(row.id)
     response = RedirectResponse("/ui/", status_code=303)
@@ -136,6 +171,7 @@ async def logout(request: Request, session: Session) -> Response:
     """End the session."""
     c = console_of(request)
     await c.sessions.end(request.cookies.get(c.cookie))
+    await audit.request_record(c.services.db, request, "logout", agent_id=session.agent.id)
     response = redirect(request, "/ui/login")
     response.delete_cookie(c.cookie, path="/")
     return response
@@ -144,9 +180,11 @@ async def logout(request: Request, session: Session) -> Response:
 # -- search --------------------------------------------------------------------------------
 
 
-async def find_customers(request: Request, q: str) -> list[Customer]:
-    """Customers for one search box: exact phone (any format) or email, then text search."""
+async def find_customers(request: Request, session: Session, q: str) -> list[Customer]:
+    """Customers for one search box: exact phone (any format) or email, then text search;
+    only those the agent's teams may see."""
     c = console_of(request)
+    scope = teams(session)
     region = c.services.settings.default_region
     q = q.strip()
     ids: list[str] = []
@@ -161,12 +199,12 @@ async def find_customers(request: Request, q: str) -> list[Customer]:
             exact = None
         if exact is not None:
             owner = await customer_ops.find(conn, exact)
-            if owner:
+            if owner and await customer_ops.is_visible(conn, owner, scope):
                 ids.append(owner)
         if q:
-            ids += await customer_ops.search(conn, q, limit=25, offset=0)
+            ids += await customer_ops.search(conn, q, limit=25, offset=0, teams=scope)
         else:
-            ids += await customer_ops.recent(conn, limit=25, offset=0)
+            ids += await customer_ops.recent(conn, limit=25, offset=0, teams=scope)
         found: list[Customer] = []
         for cid in dict.fromkeys(ids):
             customer = await customer_ops.get(conn, cid)
@@ -179,7 +217,7 @@ async def find_customers(request: Request, q: str) -> list[Customer]:
 async def home(request: Request, session: Session) -> Response:
     """The search page."""
     q = request.query_params.get("q", "")
-    results = await find_customers(request, q)
+    results = await find_customers(request, session, q)
     return await page(request, session, "search.html", q=q, results=results)
 
 
@@ -187,7 +225,7 @@ async def home(request: Request, session: Session) -> Response:
 async def search(request: Request, session: Session) -> Response:
     """Search results (an htmx fragment)."""
     q = request.query_params.get("q", "")
-    results = await find_customers(request, q)
+    results = await find_customers(request, session, q)
     return console_of(request).render(
         request, "_results.html", session=session, q=q, results=results
     )
@@ -236,7 +274,11 @@ async def render_customer(request: Request, session: Session, **extra: Any) -> R
             customer = await customer_ops.get(conn, customer_id)
         except TimelineError:
             customer = None
-        if customer is None or customer.erased_at is not None:
+        if (
+            customer is None
+            or customer.erased_at is not None
+            or not await customer_ops.is_visible(conn, customer_id, teams(session))
+        ):
             return await page(request, session, "error.html", 404, message="No such customer.")
         items, nxt = await store.page(conn, customer_id, limit=PAGE, channels=channels)
         docs = await document_ops.for_customer(conn, customer_id)
@@ -268,6 +310,8 @@ async def timeline_page(request: Request, session: Session) -> Response:
     c = console_of(request)
     customer_id = request.path_params["id"]
     channels = _channels(request)
+    if (refusal := await foreign(request, session, customer_id)) is not None:
+        return refusal
     try:
         async with c.services.db.read() as conn:
             items, nxt = await store.page(
@@ -297,6 +341,8 @@ async def email_view(request: Request, session: Session) -> Response:
             event = await store.get_event(conn, request.path_params["id"])
         except TimelineError:
             return refused(request, 404, "No such event.")
+        if not await customer_ops.is_visible(conn, event.customer_id, teams(session)):
+            return refused(request, 404, "No such event.")
     return c.render(request, "_email_remote.html", session=session, event=event)
 
 
@@ -312,6 +358,8 @@ async def email_body(request: Request, session: Session) -> Response:
         try:
             event = await store.get_event(conn, request.path_params["id"])
         except TimelineError:
+            return refused(request, 404, "No such event.")
+        if not await customer_ops.is_visible(conn, event.customer_id, teams(session)):
             return refused(request, 404, "No such event.")
     doc, _ = email_document(event.html or "", remote_images=True)
     return HTMLResponse(
@@ -344,6 +392,8 @@ async def send(request: Request, session: Session) -> Response:
     settings = c.services.settings
     form = await form_of(request)
     customer_id = request.path_params["id"]
+    if (refusal := await foreign(request, session, customer_id)) is not None:
+        return refusal
     channel = field(form, "channel")
     text = field(form, "text")
     subject = field(form, "subject") or None
@@ -435,6 +485,8 @@ async def edit_identities(request: Request, session: Session) -> Response:
     c = console_of(request)
     form = await form_of(request)
     customer_id = request.path_params["id"]
+    if (refusal := await foreign(request, session, customer_id)) is not None:
+        return refusal
     action, kind, value = field(form, "action"), field(form, "kind"), field(form, "value")
     try:
         ident = _identity(kind, value, c.services.settings.default_region)
@@ -455,6 +507,8 @@ async def edit_attributes(request: Request, session: Session) -> Response:
     c = console_of(request)
     form = await form_of(request)
     customer_id = request.path_params["id"]
+    if (refusal := await foreign(request, session, customer_id)) is not None:
+        return refusal
     key, value = field(form, "key"), field(form, "value")
     fields: dict[str, Any] = {}
     if "name" in form:
@@ -474,6 +528,8 @@ async def merge(request: Request, session: Session) -> Response:
     c = console_of(request)
     form = await form_of(request)
     target_id = request.path_params["id"]
+    if (refusal := await foreign(request, session, target_id)) is not None:
+        return refusal
     other = field(form, "other")
     try:
         async with c.services.db.write() as conn:
@@ -486,7 +542,7 @@ async def merge(request: Request, session: Session) -> Response:
                     "email" if "@" in other else "phone", other, c.services.settings.default_region
                 )
                 other_id = await customer_ops.find(conn, ident)
-            if not other_id:
+            if not other_id or not await customer_ops.is_visible(conn, other_id, teams(session)):
                 return await _after(request, session, error=f"No customer {other!r}.")
             await merge_ops.merge(conn, target_id, other_id, actor=session.agent.id)
     except TimelineError as exc:
