@@ -1,6 +1,6 @@
 """commhub's command line: ``python run.py COMMAND`` (installed as ``commhub``).
 
-Commands (CONTRACT.md): serve, worker, demo, migrate, agent add/list/revoke-token,
+Commands (CONTRACT.md): serve, worker, demo, migrate, agent add/list/revoke-token/passwd,
 config. Exit status 0 on success; 2 with one line on stderr for bad usage or bad configuration.
 """
 
@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     agent_sub.add_parser("list", help="list agents: id, email, role, team, active tokens")
     revoke = agent_sub.add_parser("revoke-token", help="revoke an API token by its id")
     revoke.add_argument("token_id")
+    passwd = agent_sub.add_parser(
+        "passwd", help="set an agent's console password (ends all their console sessions)"
+    )
+    passwd.add_argument("email")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", required=True, help="read the password from stdin"
+    )
 
     mail = sub.add_parser("mail", help="email channel tools")
     mail_sub = mail.add_subparsers(dest="mail_command", required=True, metavar="ACTION")
@@ -171,6 +178,25 @@ async def _agent_add(settings: Settings, args: argparse.Namespace, password: str
     finally:
         await db.dispose()
     return token
+
+
+async def _agent_passwd(settings: Settings, email: str, password: str) -> int:
+    """Reset an agent's password (audited); the number of console sessions ended."""
+    from hub import passwords
+    from timeline.db import Database
+    from timeline.migrate import upgrade
+
+    db = Database.from_url(settings.database_url)
+    try:
+        await upgrade(db)
+        async with db.write() as conn:
+            agent_id = await passwords.agent_id_for_email(conn, email)
+            changed = await passwords.set_password(conn, agent_id, password)
+    except passwords.UnknownAgent:
+        raise UsageError(f"no active agent {email}") from None
+    finally:
+        await db.dispose()
+    return changed.sessions_ended
 
 
 async def _agent_list(settings: Settings) -> list[str]:
@@ -415,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "agent" and args.agent_command == "list":
             for line in asyncio.run(_agent_list(settings)):
                 print(line)
+        elif args.command == "agent" and args.agent_command == "passwd":
+            ended = asyncio.run(
+                _agent_passwd(settings, args.email, sys.stdin.readline().rstrip("\r\n"))
+            )
+            print(f"password of {args.email} changed; {ended} console session(s) ended")
         elif args.command == "agent" and args.agent_command == "revoke-token":
             asyncio.run(_revoke_token(settings, args.token_id))
             print(f"token {args.token_id} revoked")

@@ -114,6 +114,8 @@ documents = sa.Table(
     sa.Column("content_id", sa.String(255)),
     sa.Column("source_url", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Set when retention deleted the file (migration 0007): the row stays as its marker.
+    sa.Column("purged_at", UTCDateTime),
     sa.Index("ix_documents_customer", "customer_id"),
     sa.Index("ix_documents_event", "event_id"),
     sa.Index("ix_documents_sha256", "sha256"),
@@ -310,4 +312,19 @@ customer_teams = sa.Table(
     sa.Column("customer_id", ID, sa.ForeignKey("customers.id"), primary_key=True),
     sa.Column("team", sa.String(100), primary_key=True),
     sa.Index("ix_customer_teams_team", "team"),
+)
+
+# -- login throttling (migration 0007)
+
+#: Failed console logins per key (``hub.throttle``): ``account:<sha256 of the email>`` or
+#: ``ip:<address>``; a fixed window of ``failures`` since ``first_at``, and
+#: ``blocked_until`` once a limit is reached. Rows are deleted after a success (the
+#: account's) or once their window and block are over.
+login_throttle = sa.Table(
+    "login_throttle",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("first_at", UTCDateTime, nullable=False),
+    sa.Column("blocked_until", UTCDateTime),
 )

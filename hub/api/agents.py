@@ -1,10 +1,15 @@
-"""Agents: who am I, my API tokens (list, issue, revoke), and role changes by admins.
+"""Agents: who am I, my API tokens (list, issue, revoke), passwords, and role changes by admins.
 
 Tokens (OWASP ASVS 5.0 V7 / V9): shown once when issued, stored as SHA-256 only
 (``hub.auth``), revocable at once (the next request with a revoked token is 401, as
 every request looks its token up). Issued tokens are never answered through the
 Idempotency-Key store, which would keep the secret in plain text. Issue, revoke and
 role changes are audited.
+
+Passwords (``hub.passwords``): an agent changes their own with the current one (wrong
+guesses count against the login throttle of the account, ``hub.throttle``: 429 with
+``Retry-After`` once blocked); an admin resets another agent's. Either ends every console
+session of that agent; API tokens stay valid.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
-from hub import schemas
+from hub import audit, passwords, schemas, throttle
 from hub.auth import hash_token, issue_token
-from hub.errors import ApiError
+from hub.errors import ApiError, error_body
 from hub.routing import Ctx, Endpoint, Param
 from timeline.events import utcnow
 from timeline.identity import normalize_phone
@@ -73,6 +78,96 @@ class AgentPatch(BaseModel):
     phone: str | None = Field(
         default=None, min_length=3, max_length=32, description="click-to-call rings it first"
     )
+
+
+class PasswordChange(BaseModel):
+    """An agent's change of their own password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(max_length=passwords.MAX_LENGTH)
+    new_password: str = Field(
+        min_length=passwords.MIN_LENGTH,
+        max_length=passwords.MAX_LENGTH,
+        description="at least 8 characters, not the email address",
+    )
+
+
+class PasswordReset(BaseModel):
+    """An admin's reset of another agent's password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_password: str = Field(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH)
+
+
+class PasswordChanged(BaseModel):
+    """The change is done: every console session of the agent has ended."""
+
+    agent_id: str
+    sessions_ended: int
+
+
+def _throttled(seconds: int) -> Response:
+    body = error_body("too_many_attempts", throttle.retry_message(seconds))
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(seconds)})
+
+
+async def change_my_password(ctx: Ctx) -> Response:
+    """Change my console password (needs the current one); ends all my console sessions.
+
+    Wrong current passwords count as failed logins of the account: after too many, 429.
+    """
+    body = await ctx.body(PasswordChange)
+    db = ctx.services.db
+    ip = audit.client_ip(ctx.request)
+    keys = throttle.keys_for(ctx.agent.email, ip)
+    wait = await throttle.blocked_for(db, keys)
+    if wait:
+        return _throttled(wait)
+    try:
+        async with db.write() as conn:
+            changed = await passwords.set_password(
+                conn,
+                ctx.agent.id,
+                body.new_password,
+                current_password=body.current_password,
+                actor_id=ctx.agent.id,
+                ip=ip,
+            )
+    except passwords.WrongPassword:
+        wait = await throttle.record_failure(db, keys)
+        await ctx.audit(db, "password.change.failed", detail={"agent": ctx.agent.id})
+        if wait:
+            return _throttled(wait)
+        raise ApiError(403, "wrong_password", "the current password is wrong") from None
+    except passwords.PasswordError as exc:
+        raise ApiError(422, "invalid_field", str(exc), field="new_password") from None
+    return JSONResponse({"agent_id": changed.agent_id, "sessions_ended": changed.sessions_ended})
+
+
+async def reset_password(ctx: Ctx) -> Response:
+    """Set another agent's console password (admin; audited); ends all their console sessions."""
+    body = await ctx.body(PasswordReset)
+    agent_id = ctx.path("id")
+    if agent_id == ctx.agent.id:
+        raise ApiError(
+            409, "conflict", "change your own password with POST /api/v1/agents/me/password"
+        )
+    try:
+        async with ctx.services.db.write() as conn:
+            changed = await passwords.set_password(
+                conn,
+                agent_id,
+                body.new_password,
+                actor_id=ctx.agent.id,
+                ip=audit.client_ip(ctx.request),
+            )
+    except passwords.UnknownAgent:
+        raise ApiError(404, "not_found", f"no agent {agent_id!r}") from None
+    except passwords.PasswordError as exc:
+        raise ApiError(422, "invalid_field", str(exc), field="new_password") from None
+    return JSONResponse({"agent_id": changed.agent_id, "sessions_ended": changed.sessions_ended})
 
 
 async def me(ctx: Ctx) -> Response:
@@ -250,6 +345,42 @@ ENDPOINTS = [
             404: ("no such token of mine", _ERR),
         },
         params=(_TOKEN_ID,),
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/agents/me/password",
+        change_my_password,
+        "Change my console password (ends all my console sessions)",
+        "agent",
+        {
+            200: ("changed; every console session of mine has ended", PasswordChanged),
+            400: ("malformed JSON", _ERR),
+            401: ("no valid token", _ERR),
+            403: ("the current password is wrong", _ERR),
+            422: ("a new password too short or too long, or an invalid field", _ERR),
+            429: ("too many wrong passwords: see Retry-After", _ERR),
+        },
+        body=PasswordChange,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/agents/{id}/password",
+        reset_password,
+        "Reset another agent's console password (ends all their console sessions; audited)",
+        "admin",
+        {
+            200: ("reset; every console session of the agent has ended", PasswordChanged),
+            400: ("malformed JSON", _ERR),
+            401: ("no valid token", _ERR),
+            403: ("needs the admin role", _ERR),
+            404: ("no such agent", _ERR),
+            409: ("an admin's own password (use /agents/me/password)", _ERR),
+            422: ("a new password too short or too long, or an invalid field", _ERR),
+        },
+        body=PasswordReset,
+        params=(Param("id", "path", {"type": "string"}, "the agent's id", required=True),),
         tag="agents",
     ),
     Endpoint(

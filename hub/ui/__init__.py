@@ -11,7 +11,7 @@ from starlette.staticfiles import StaticFiles
 
 from hub.services import Services
 from hub.sessions import SessionStore
-from hub.ui import live, views
+from hub.ui import account, live, views
 from hub.ui.guard import Console, SecurityHeaders
 from hub.ui.render import STATIC, environment
 
@@ -28,6 +28,8 @@ def routes() -> list[BaseRoute]:
         Route("/login", views.login_form, methods=["GET"]),
         Route("/login", views.login, methods=["POST"]),
         Route("/logout", views.logout, methods=["POST"]),
+        Route("/account/password", account.password_form, methods=["GET"]),
+        Route("/account/password", account.change_password, methods=["POST"]),
         Route("/search", views.search, methods=["GET"]),
         Route("/calls", views.calls_page, methods=["GET"]),
         Route("/stream", live.stream, methods=["GET"]),
