@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from hub import sessions
+from hub import audit, sessions, throttle
 from hub.auth import check_password, hash_password
 from hub.email_outbound import queue_email
 from hub.routing import team_scope
@@ -127,6 +127,10 @@ async def login(request: Request) -> Response:
     email = field(form, "email").lower()
     password = form.get("password")
     password = password if isinstance(password, str) else ""
+    wait = await throttle.login_refusal(c.services.db, request, email)
+    if wait:
+        page_429 = _login_page(request, public_url, throttle.retry_message(wait), 429)
+        return throttle.too_many(page_429, wait)
     async with c.services.db.read() as conn:
         row = (
             await conn.execute(
@@ -138,7 +142,14 @@ async def login(request: Request) -> Response:
     stored = row.password_hash if row is not None else None
     ok = check_password(stored or _DUMMY_HASH, password) and stored is not None
     if row is None or not ok:
+        reason = "unknown_account" if row is None else "wrong_password"
+        agent_id = row.id if row is not None else None
+        wait = await throttle.login_failed(c.services.db, request, email, agent_id, reason=reason)
+        if wait:
+            page_429 = _login_page(request, public_url, throttle.retry_message(wait), 429)
+            return throttle.too_many(page_429, wait)
         return _login_page(request, public_url, "Wrong email or password.", 401)
+    await throttle.login_succeeded(c.services.db, request, email, row.id)
     await c.sessions.end(request.cookies.get(c.cookie))
     value = await c.sessions.create(row.id)
     response = RedirectResponse("/ui/", status_code=303)
@@ -160,6 +171,7 @@ async def logout(request: Request, session: Session) -> Response:
     """End the session."""
     c = console_of(request)
     await c.sessions.end(request.cookies.get(c.cookie))
+    await audit.request_record(c.services.db, request, "logout", agent_id=session.agent.id)
     response = redirect(request, "/ui/login")
     response.delete_cookie(c.cookie, path="/")
     return response
