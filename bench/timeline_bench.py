@@ -217,15 +217,17 @@ async def fts_deferred(db: Database) -> AsyncIterator[None]:
             await conn.exec_driver_sql(
                 "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_fts_ai'"
             )
-        ).scalar_one()
-        await conn.exec_driver_sql("DROP TRIGGER events_fts_ai")
+        ).scalar_one_or_none()
+        if trigger is not None:  # migration 0006 dropped it: writers index per batch
+            await conn.exec_driver_sql("DROP TRIGGER events_fts_ai")
     try:
         yield
     finally:
         t = time.perf_counter()
         async with db.write() as conn:
             await conn.exec_driver_sql("INSERT INTO events_fts(events_fts) VALUES ('rebuild')")
-            await conn.exec_driver_sql(trigger)
+            if trigger is not None:
+                await conn.exec_driver_sql(trigger)
         say(f"  full-text index rebuilt in {time.perf_counter() - t:.1f} s, trigger restored")
 
 

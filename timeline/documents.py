@@ -11,6 +11,7 @@ from timeline.events import Channel, Direction, Kind, utcnow
 from timeline.ids import new_id
 from timeline.records import Document, StoredEvent
 from timeline.schema import customers, documents, events
+from timeline.search import index_event
 
 
 async def add_upload(
@@ -50,6 +51,7 @@ async def add_upload(
         "updated_at": now,
     }
     await conn.execute(events.insert().values(**event_row))
+    await index_event(conn, event_id)
     doc_row = {
         "id": doc_id,
         "customer_id": customer_id,

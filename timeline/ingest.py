@@ -35,6 +35,7 @@ from timeline.ids import new_id
 from timeline.publish import Publisher
 from timeline.records import StoredEvent
 from timeline.schema import documents, events
+from timeline.search import index_events_after, index_mark
 from timeline.sql import chunks, insert_ignoring
 from timeline.status import advances
 
@@ -252,7 +253,9 @@ async def ingest_batch(
     if event_rows:
         # Sorted by the unique key, so concurrent batches take their locks in one order.
         ordered = sorted(event_rows, key=lambda r: (r["channel"], r["external_id"] or ""))
+        mark = await index_mark(conn)
         await conn.execute(insert_ignoring(conn, events, ["channel", "external_id"]), ordered)
+        await index_events_after(conn, mark)
         if conn.dialect.name == "sqlite":
             # Writers are serialized (BEGIN IMMEDIATE): nothing can have raced us.
             inserted_ids = {r["id"] for r in event_rows}
