@@ -70,6 +70,16 @@ async def export(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
     }
 
 
+async def purged_documents(conn: AsyncConnection, customer_id: str) -> set[str]:
+    """Ids of the customer's documents whose file retention deleted (``purged_at``)."""
+    rows = await conn.execute(
+        sa.select(documents.c.id).where(
+            documents.c.customer_id == customer_id, documents.c.purged_at.is_not(None)
+        )
+    )
+    return set(rows.scalars())
+
+
 async def erase(conn: AsyncConnection, customer_id: str) -> list[str]:
     """Erase a customer, leaving a tombstone; returns file hashes no one else uses."""
     row = (

@@ -6,6 +6,7 @@ Each test runs on SQLite and PostgreSQL (``database_url``), against the real app
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -254,39 +255,28 @@ async def test_cli_passwd_ends_sessions(database_url: str, tmp_path: Path) -> No
                 "HUB_SECRET_KEY": "x" * 40,
             }
             run = [sys.executable, str(ROOT / "run.py"), "agent", "passwd"]
-            done = subprocess.run(
-                [*run, "ADA@hub.example", "--password-stdin"],
-                input=NEW + "\n",
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=tmp_path,
-                timeout=60,
-            )
+
+            async def passwd(email: str, password: str) -> subprocess.CompletedProcess[str]:
+                return await asyncio.to_thread(
+                    subprocess.run,
+                    [*run, email, "--password-stdin"],
+                    input=password + "\n",
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    cwd=tmp_path,
+                    timeout=60,
+                )
+
+            done = await passwd("ADA@hub.example", NEW)
             assert done.returncode == 0, done.stderr
             assert "1 console session(s) ended" in done.stdout
             assert NEW not in done.stdout + done.stderr
             assert (await browser.get("/ui/")).status_code == 303
             assert (await log_in(browser, NEW)).status_code == 303
-            short = subprocess.run(
-                [*run, "ada@hub.example", "--password-stdin"],
-                input="short\n",
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=tmp_path,
-                timeout=60,
-            )
+            short = await passwd("ada@hub.example", "short")
             assert short.returncode == 2 and "at least 8" in short.stderr
-            unknown = subprocess.run(
-                [*run, "nobody@hub.example", "--password-stdin"],
-                input=NEW + "\n",
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=tmp_path,
-                timeout=60,
-            )
+            unknown = await passwd("nobody@hub.example", NEW)
             assert unknown.returncode == 2 and "no active agent" in unknown.stderr
         records = await audit_rows(application, "password.reset")
         assert len(records) == 1 and records[0]["agent_id"] is None
