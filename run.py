@@ -350,12 +350,10 @@ async def _mail_sync(settings: Settings) -> None:
         raise UsageError("the imap channel is off: set IMAP_HOST, IMAP_USERNAME, IMAP_PASSWORD")
     services = Services.build(settings)
     await upgrade(services.db)
-    totals: dict[str, int] = {}
 
-    def progress(folder: str, fetched: int, created: int) -> None:
-        totals[folder] = totals.get(folder, 0) + fetched
+    def progress(folder: str, done: int, total: int, created: int) -> None:
         print(
-            f"  {folder}: {totals[folder]} messages read, {created} new in this batch", flush=True
+            f"  {folder}: {done} of {total} messages read, {created} new in this batch", flush=True
         )
 
     ingest = MailIngest(services, progress=progress)

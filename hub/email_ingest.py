@@ -4,10 +4,13 @@ For each folder of ``IMAP_MAILBOXES`` and the Sent folder (mail an agent sent fr
 another client shows as outbound), ``channels.email.mailsync.watch_folder`` syncs from
 a checkpoint kept in the database (first sync bounded by ``IMAP_SYNC_DAYS``, newest
 first), then waits with IDLE (or polls), reconnecting with backoff. Each fetched batch
-is parsed (``channels.email.parse``), threaded against the stored thread keys, and
-ingested in ONE transaction with its threading decisions and bounce records; the
-checkpoint moves only after that commit, so a crash between fetch and commit fetches
-the batch again and the unique ``(channel, external_id)`` keeps one copy of each.
+(up to 500 messages, fetched while the previous one is stored) is parsed
+(``channels.email.parse``; big batches in worker processes, the parse being pure and
+CPU-bound), threaded against the stored thread keys with one query, and ingested with
+``timeline.ingest.ingest_batch`` in ONE transaction with its threading decisions,
+bounce records and the folder's checkpoint (or first-sync progress): a sync killed at
+any point resumes after the last committed batch, and the unique ``(channel,
+external_id)`` keeps one copy of each message even if a server repeats some.
 
 Delivery reports (RFC 3464) never show as a customer's reply: they are system events
 on the bounced address's timeline, move our original message to ``bounced`` (or
@@ -18,15 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import date, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.email.imap import ImapClient, ImapConfig
-from channels.email.mailsync import Checkpoint, FetchBatch, SyncResult, sync_folder, watch_folder
-from channels.email.parse import ParsedEmail, parse_message
+from channels.email.mailsync import (
+    FETCH_BATCH,
+    Checkpoint,
+    FetchBatch,
+    FirstSyncProgress,
+    SyncResult,
+    SyncState,
+    sync_folder,
+    watch_folder,
+)
+from channels.email.parse import ParsedEmail, parse_messages
 from channels.email.threading import decide_thread, remember
 from config import Settings
 from hub.services import Services
@@ -36,7 +53,10 @@ from timeline.ingest import IngestResult, ingest_batch
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+#: ``progress(folder, read so far, to read in this pass, stored new by this batch)``.
+Progress = Callable[[str, int, int, int], None]
+#: Batches at least this big are parsed in worker processes (when there are 2+ cores).
+PARALLEL_FROM = 100
 
 #: Where mail without a usable From address is kept (RFC 2606 reserves ``.invalid``).
 UNKNOWN_SENDER = Identity(IdentityKind.EMAIL, "unknown-sender@commhub.invalid")
@@ -63,52 +83,107 @@ def _resolve(renamed: dict[str, str], key: str | None) -> str:
 class MailIngest:
     """Turns fetched batches into timeline events, checkpoints in the database."""
 
-    def __init__(self, services: Services, *, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        progress: Progress | None = None,
+        parse_processes: int | None = None,
+        batch_size: int = FETCH_BATCH,
+    ) -> None:
         self.services = services
         self.ours = our_addresses(services.settings)
         self.progress = progress
         self.sent_folder: str | None = None
         self.stored = 0
+        #: Messages per FETCH and per transaction.
+        self.batch_size = batch_size
+        cores = os.cpu_count() or 1
+        #: Worker processes for parsing big batches; 0 parses on the event loop.
+        self.parse_processes = (
+            parse_processes if parse_processes is not None else (min(cores, 4) if cores > 1 else 0)
+        )
+        self._pool: ProcessPoolExecutor | None = None
 
-    async def load_checkpoint(self, folder: str) -> Checkpoint | None:
-        """The folder's checkpoint from the database."""
+    async def load_checkpoint(self, folder: str) -> SyncState | None:
+        """The folder's checkpoint, or the progress of its unfinished first sync."""
         async with self.services.db.read() as conn:
             found = await mailstore.load_checkpoint(conn, folder)
+            first = await mailstore.load_first_sync(conn, folder)
+        if first is not None:
+            return FirstSyncProgress(*first, resync=found is not None)
         return None if found is None else Checkpoint(*found)
 
-    async def save_checkpoint(self, folder: str, checkpoint: Checkpoint) -> None:
-        """Store the folder's checkpoint (after its batch committed)."""
+    async def save_checkpoint(self, folder: str, state: SyncState) -> None:
+        """Store a state no batch carried (nothing to read, a batch that came back empty)."""
         async with self.services.db.write() as conn:
-            await mailstore.save_checkpoint(
-                conn, folder, checkpoint.uidvalidity, checkpoint.last_uid
+            await self._save_state(conn, folder, state)
+
+    async def _save_state(self, conn: AsyncConnection, folder: str, state: SyncState) -> None:
+        if isinstance(state, Checkpoint):
+            await mailstore.save_checkpoint(conn, folder, state.uidvalidity, state.last_uid)
+        else:
+            await mailstore.save_first_sync(conn, folder, state.uidvalidity, state.top, state.below)
+
+    async def parse_batch(self, batch: FetchBatch) -> list[ParsedEmail]:
+        """Parse a batch; a big one in worker processes, in order. Never raises on mail."""
+        raws = [raw for _, raw in batch.messages]
+        parse = functools.partial(
+            parse_messages,
+            our_addresses=tuple(self.ours),
+            folder_is_sent=batch.folder == self.sent_folder,
+        )
+        if len(raws) < PARALLEL_FROM or self.parse_processes < 1:
+            return parse(raws)
+        if self._pool is None:
+            # spawn: a clean interpreter, not a fork of a process with threads and a loop.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.parse_processes, mp_context=context)
+        loop = asyncio.get_running_loop()
+        step = -(-len(raws) // (self.parse_processes * 2))
+        parts = [raws[i : i + step] for i in range(0, len(raws), step)]
+        try:
+            done = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, parse, part) for part in parts)
             )
+        except BrokenProcessPool:
+            # A worker died (out of memory, killed): parse here, start afresh next time.
+            log.warning("a mail parsing process died; parsing this batch in the hub")
+            await self.close()
+            return parse(raws)
+        return [item for part in done for item in part]
+
+    async def close(self) -> None:
+        """Stop the parsing processes (they start again when a big batch comes)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     async def handle(self, batch: FetchBatch) -> None:
-        """Parse, thread and ingest one batch in one transaction."""
-        is_sent = batch.folder == self.sent_folder
-        parsed = [
-            parse_message(raw, our_addresses=self.ours, folder_is_sent=is_sent)
-            for _, raw in batch.messages
-        ]
-        for item in parsed:
-            if item.warnings:
-                log.info("parsed %s with %d warnings", batch.folder, len(item.warnings))
+        """Parse, thread and ingest one batch and store its sync state: one transaction."""
+        parsed = await self.parse_batch(batch)
+        warned = sum(1 for item in parsed if item.warnings)
+        if warned:
+            log.info("mail %s: %d message(s) parsed with warnings", batch.folder, warned)
         async with self.services.db.write() as conn:
             # Only new mail proves an address works again; a first sync or a resync
             # also reads old mail from before a bounce.
             result = await self._ingest(
                 conn, parsed, lift_bounces=not (batch.initial or batch.resync)
             )
+            if batch.state is not None:
+                await self._save_state(conn, batch.folder, batch.state)
         for stored in result.changed:
             self.services.publisher.publish("timeline", stored)
         created = result.count("created")
         self.stored += created
         if self.progress:
-            self.progress(batch.folder, len(batch.messages), created)
+            self.progress(batch.folder, batch.done, batch.total, created)
         log.info(
-            "mail %s: %d fetched, %d new%s",
+            "mail %s: %d of %d read, %d new%s",
             batch.folder,
-            len(batch.messages),
+            batch.done,
+            batch.total,
             created,
             " (resync)" if batch.resync else "",
         )
@@ -116,8 +191,16 @@ class MailIngest:
     async def _ingest(
         self, conn: AsyncConnection, parsed: list[ParsedEmail], *, lift_bounces: bool = True
     ) -> IngestResult:
-        # Threading for the whole batch: one lookup, decisions in memory (later messages
-        # of the batch see earlier ones), then two statements to store them.
+        events = await self.decide_threads(conn, parsed)
+        return await self.store_batch(conn, parsed, events, lift_bounces=lift_bounces)
+
+    async def decide_threads(self, conn: AsyncConnection, parsed: list[ParsedEmail]) -> list[Event]:
+        """The batch's events with their threads, decided with one lookup and stored.
+
+        Decisions are made in memory (later messages of the batch see earlier ones) on
+        what the store knows; then two statements remember them (RFC 5322 3.6.4 ids,
+        the subject key) and a thread that turned out to be part of another is renamed.
+        """
         keys = {k for item in parsed for k in item.thread.lookup_keys()}
         table = await mailstore.known_threads(conn, sorted(keys))
         new_ids: dict[str, str] = {}
@@ -172,6 +255,17 @@ class MailIngest:
             for e in events
         ]
         await mailstore.remember_threads(conn, new_ids, subjects)
+        return events
+
+    async def store_batch(
+        self,
+        conn: AsyncConnection,
+        parsed: list[ParsedEmail],
+        events: list[Event],
+        *,
+        lift_bounces: bool = True,
+    ) -> IngestResult:
+        """Store the events (``timeline.ingest.ingest_batch``) and the bounces they report."""
         result = await ingest_batch(
             conn, events, region=self.services.settings.default_region, files=self.services.files
         )
@@ -227,35 +321,49 @@ class MailIngest:
     async def sync_once(self, config: ImapConfig) -> list[SyncResult]:
         """One sync of every folder (the ``mail sync`` command and tests)."""
         results = []
-        async with await ImapClient.connect(config) as client:
-            for folder in await self.folders(client):
-                results.append(
-                    await sync_folder(
-                        client,
-                        folder,
-                        load_checkpoint=self.load_checkpoint,
-                        save_checkpoint=self.save_checkpoint,
-                        handle=self.handle,
-                        since=self.since(),
+        try:
+            async with await ImapClient.connect(config) as client:
+                for folder in await self.folders(client):
+                    results.append(
+                        await sync_folder(
+                            client,
+                            folder,
+                            load_checkpoint=self.load_checkpoint,
+                            save_checkpoint=self.save_checkpoint,
+                            handle=self.handle,
+                            since=self.since(),
+                            batch_size=self.batch_size,
+                        )
                     )
-                )
+        finally:
+            await self.close()
         return results
 
     async def watch(self, config: ImapConfig, stop: asyncio.Event) -> None:
         """Follow every folder until ``stop`` is set (the worker)."""
         async with await ImapClient.connect(config) as client:
             folders = await self.folders(client)
-        await asyncio.gather(
-            *(
-                watch_folder(
-                    config,
-                    folder,
-                    load_checkpoint=self.load_checkpoint,
-                    save_checkpoint=self.save_checkpoint,
-                    handle=self.handle,
-                    stop=stop,
-                    since=self.since(),
+
+        async def synced(result: SyncResult) -> None:
+            if result.initial:  # the big reads are done: free the parsing processes
+                await self.close()
+
+        try:
+            await asyncio.gather(
+                *(
+                    watch_folder(
+                        config,
+                        folder,
+                        load_checkpoint=self.load_checkpoint,
+                        save_checkpoint=self.save_checkpoint,
+                        handle=self.handle,
+                        stop=stop,
+                        since=self.since(),
+                        batch_size=self.batch_size,
+                        on_sync=synced,
+                    )
+                    for folder in folders
                 )
-                for folder in folders
             )
-        )
+        finally:
+            await self.close()

@@ -1,7 +1,10 @@
 """What the email channel keeps besides events: folder checkpoints, thread keys, bounces.
 
 - A checkpoint per IMAP folder: its UIDVALIDITY and the last UID stored (RFC 4549 4.1:
-  a new UIDVALIDITY voids the cached UIDs).
+  a new UIDVALIDITY voids the cached UIDs). While a first sync (newest first) is under
+  way, two more rows keep its progress (the UID it will end at, and the lowest UID
+  stored so far), under the folder's name plus a line break, which no IMAP folder name
+  holds (RFC 3501 quoted strings exclude CR and LF); the checkpoint removes them.
 - Thread keys: each Message-ID (and subject key) maps to its thread; a new id is added
   only if absent, never overwritten, and a subject key points at its newest thread.
 - Bounced addresses: a hard bounce (5.x.x, RFC 3463) makes an address undeliverable
@@ -35,16 +38,74 @@ async def load_checkpoint(conn: AsyncConnection, folder: str) -> tuple[int, int]
     return None if row is None else (int(row.uidvalidity), int(row.last_uid))
 
 
+_TOP = "\nfirst-sync-top"
+_BELOW = "\nfirst-sync-below"
+
+
 async def save_checkpoint(
     conn: AsyncConnection, folder: str, uidvalidity: int, last_uid: int
 ) -> None:
-    """Record how far a folder is read."""
+    """Record how far a folder is read (and that its first sync is done)."""
     values = {"uidvalidity": uidvalidity, "last_uid": last_uid, "updated_at": utcnow()}
-    result = await conn.execute(
-        mail_checkpoints.update().where(mail_checkpoints.c.folder == folder).values(**values)
+    insert = upsert(conn, mail_checkpoints)
+    await conn.execute(
+        insert.on_conflict_do_update(index_elements=["folder"], set_=values).values(
+            folder=folder, **values
+        )
     )
-    if result.rowcount == 0:
-        await conn.execute(mail_checkpoints.insert().values(folder=folder, **values))
+    await conn.execute(
+        mail_checkpoints.delete().where(
+            mail_checkpoints.c.folder.in_([folder + _TOP, folder + _BELOW])
+        )
+    )
+
+
+async def save_first_sync(
+    conn: AsyncConnection, folder: str, uidvalidity: int, top: int, below: int
+) -> None:
+    """Record a first sync's progress: it ends at UID ``top``; UIDs from ``below`` are stored."""
+    now = utcnow()
+    insert = upsert(conn, mail_checkpoints)
+    await conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["folder"],
+            set_={
+                "uidvalidity": insert.excluded.uidvalidity,
+                "last_uid": insert.excluded.last_uid,
+                "updated_at": now,
+            },
+        ),
+        [
+            {
+                "folder": folder + _TOP,
+                "uidvalidity": uidvalidity,
+                "last_uid": top,
+                "updated_at": now,
+            },
+            {
+                "folder": folder + _BELOW,
+                "uidvalidity": uidvalidity,
+                "last_uid": below,
+                "updated_at": now,
+            },
+        ],
+    )
+
+
+async def load_first_sync(conn: AsyncConnection, folder: str) -> tuple[int, int, int] | None:
+    """(uidvalidity, top, below) of a first sync of ``folder`` that was cut off, if any."""
+    rows = {
+        row.folder: row
+        for row in await conn.execute(
+            sa.select(mail_checkpoints).where(
+                mail_checkpoints.c.folder.in_([folder + _TOP, folder + _BELOW])
+            )
+        )
+    }
+    top, below = rows.get(folder + _TOP), rows.get(folder + _BELOW)
+    if top is None or below is None or top.uidvalidity != below.uidvalidity:
+        return None
+    return int(top.uidvalidity), int(top.last_uid), int(below.last_uid)
 
 
 async def known_threads(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:

@@ -51,6 +51,7 @@ _LIST_LINE = re.compile(
 )
 _FETCH_START = re.compile(rb"^\d+ FETCH \(", re.I)
 _UID = re.compile(rb"\bUID (\d+)", re.I)
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)", re.I)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SECURITY: dict[str, Literal["tls", "none"]] = {"tls": "tls", "none": "none"}
 _CONNECTION_ERRORS = (
@@ -343,6 +344,21 @@ class ImapClient:
             elif meta is not None:
                 meta += b" " + bytes(line)
         return [FetchedMessage(uid, found[uid]) for uid in uids if uid in found]
+
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """The size in bytes of each of ``uids`` that exists (``RFC822.SIZE``, one FETCH)."""
+        if not uids:
+            return {}
+        response = await self._run(
+            "UID FETCH", self._imap.uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)")
+        )
+        found: dict[int, int] = {}
+        for line in response.lines[:-1]:
+            text = bytes(line)
+            uid, size = _UID.search(text), _SIZE.search(text)
+            if uid is not None and size is not None:
+                found[int(uid.group(1))] = int(size.group(1))
+        return found
 
     async def fetch_batches(
         self, uids: Sequence[int], batch_size: int = 50

@@ -1,21 +1,30 @@
 """Folder synchronization over IMAP: checkpoints, batches, resync, the watch loop.
 
-The caller owns storage and injects it: ``load_checkpoint(folder)`` and
-``save_checkpoint(folder, checkpoint)`` keep a :class:`Checkpoint` (UIDVALIDITY and the
-highest UID handled), and ``handle(batch)`` ingests a :class:`FetchBatch` (it must be
-idempotent on Message-ID: ``parse.parse_message`` and the store's unique
-``(channel, external_id)`` make it so).
+The caller owns storage and injects it: ``load_checkpoint(folder)`` returns the folder's
+:data:`SyncState` (a :class:`Checkpoint`: UIDVALIDITY and the highest UID handled; or a
+:class:`FirstSyncProgress` of a first sync that was cut off), and ``handle(batch)``
+ingests a :class:`FetchBatch` **and stores** ``batch.state`` **in the same
+transaction**: a killed sync then resumes exactly after the last stored batch, without
+loss or duplicates (RELIABILITY 25). ``save_checkpoint(folder, state)`` is only called
+for a state no batch carries (a folder with nothing to read, a batch that came back
+empty). Ingestion must still be idempotent on Message-ID (``parse.parse_message`` and
+the store's unique ``(channel, external_id)``), for a server that reuses UIDs wrongly.
 
-- **Incremental**: UIDs above the checkpoint, ascending, in batches; after each batch is
-  handled the checkpoint moves to its highest UID. A crash between fetch and save
-  fetches that batch again on the next run, and ingestion drops the copies: each
-  message is stored exactly once (RELIABILITY 25). Nothing new gives no batch at all.
+- **Incremental**: UIDs above the checkpoint, ascending; each batch carries the
+  checkpoint of its highest UID. Nothing new gives no batch at all.
 - **First sync** (no checkpoint): messages SINCE a date (all without one), newest
-  first, so agents see recent mail at once; the checkpoint is saved when it is done
-  (a crash repeats it; ingestion dedups).
+  first, so agents see recent mail at once. Each batch carries a
+  :class:`FirstSyncProgress` (everything from its lowest UID up is stored) and the last
+  one the final checkpoint (the highest UID when the sync began: later mail is then
+  read incrementally). A first sync that was cut off goes on below the progress.
 - **UIDVALIDITY changed**: every remembered UID is void (RFC 4549 4.1); the folder is
   read again like a first sync with ``resync=True`` on every batch and on the result
   (the caller's Message-ID dedup keeps it free of duplicates, RELIABILITY 23).
+
+Fetching is pipelined: batches of up to :data:`FETCH_BATCH` messages (and
+:data:`FETCH_BYTES`, from the sizes asked for first) are fetched as UID ranges while the
+previous batch is handled, at most :data:`PREFETCH` batches ahead, so memory follows
+the batch and not the mailbox.
 
 :func:`watch_folder` runs this forever: connect, sync, wait (IDLE or polling), sync
 again; on connection errors it reconnects with backoff.
@@ -24,9 +33,10 @@ again; on connection errors it reconnects with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import date
 
 from channels.email.backoff import Backoff, sleep_unless
@@ -35,6 +45,13 @@ from channels.email.imap import FetchedMessage, ImapClient, ImapConfig
 
 log = logging.getLogger(__name__)
 
+#: Messages per UID FETCH (one round trip; the batch handled in one transaction).
+FETCH_BATCH = 500
+#: Bytes per UID FETCH at most (by RFC822.SIZE), so big attachments make small batches.
+FETCH_BYTES = 32 * 2**20
+#: Batches fetched ahead of the one being handled.
+PREFETCH = 1
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -42,6 +59,22 @@ class Checkpoint:
 
     uidvalidity: int
     last_uid: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FirstSyncProgress:
+    """A first sync (newest first) under way: what a resumed one needs."""
+
+    uidvalidity: int
+    #: The highest UID when the first sync began: the checkpoint once it is done.
+    top: int
+    #: Every message of the first sync with a UID from ``below`` up is stored.
+    below: int
+    #: It is a resync after a UIDVALIDITY change (known messages come again).
+    resync: bool = False
+
+
+SyncState = Checkpoint | FirstSyncProgress
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +88,11 @@ class FetchBatch:
     initial: bool = False
     #: Part of a full resync after a UIDVALIDITY change: known messages come again.
     resync: bool = False
+    #: Store this with the batch, in its transaction (see the module docstring).
+    state: SyncState | None = None
+    #: Messages of this sync pass read so far (this batch included), and in all.
+    done: int = 0
+    total: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,14 +107,57 @@ class SyncResult:
     resync: bool = False
 
 
-LoadCheckpoint = Callable[[str], Awaitable[Checkpoint | None]]
-SaveCheckpoint = Callable[[str, Checkpoint], Awaitable[None]]
+LoadCheckpoint = Callable[[str], Awaitable[SyncState | None]]
+SaveCheckpoint = Callable[[str, SyncState], Awaitable[None]]
 Handle = Callable[[FetchBatch], Awaitable[None]]
 Connect = Callable[[ImapConfig], Awaitable[ImapClient]]
 
 
-def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+async def _plan(client: ImapClient, uids: Sequence[int], batch_size: int) -> list[Sequence[int]]:
+    """``uids`` (in their order) cut into batches by count and, for many, by size."""
+    if len(uids) <= 1:
+        return [uids] if uids else []
+    sizes = await client.sizes(uids) if len(uids) > 8 else {}
+    batches: list[Sequence[int]] = []
+    current: list[int] = []
+    weight = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if current and (len(current) >= batch_size or weight + size > FETCH_BYTES):
+            batches.append(current)
+            current, weight = [], 0
+        current.append(uid)
+        weight += size
+    batches.append(current)
+    return batches
+
+
+async def _prefetched(
+    client: ImapClient, batches: Sequence[Sequence[int]], ahead: int = PREFETCH
+) -> AsyncIterator[tuple[Sequence[int], list[FetchedMessage]]]:
+    """Each batch with its messages, the next ones fetched while the caller works."""
+    queue: asyncio.Queue[tuple[Sequence[int], list[FetchedMessage]] | BaseException] = (
+        asyncio.Queue(maxsize=max(ahead, 1))
+    )
+
+    async def produce() -> None:
+        try:
+            for uids in batches:
+                await queue.put((uids, await client.fetch(uids)))
+        except Exception as exc:  # handed to the consumer, raised there
+            await queue.put(exc)
+
+    producer = asyncio.create_task(produce())
+    try:
+        for _ in batches:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
 
 
 async def sync_folder(
@@ -87,50 +168,89 @@ async def sync_folder(
     save_checkpoint: SaveCheckpoint,
     handle: Handle,
     since: date | None = None,
-    batch_size: int = 50,
+    batch_size: int = FETCH_BATCH,
 ) -> SyncResult:
     """Bring ``folder`` up to date once (see the module docstring; RFC 3501, RFC 4549).
 
     ``since`` bounds the first sync and a resync (IMAP SEARCH SINCE, a day). Errors of
-    ``handle`` propagate and leave the checkpoint where the last handled batch put it.
+    ``handle`` propagate; what the handled batches stored (with their states) stays.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     state = await client.select(folder)
-    checkpoint = await load_checkpoint(folder)
-    if checkpoint is not None and checkpoint.uidvalidity == state.uidvalidity:
-        uids = await client.uids_after(checkpoint.last_uid)
+    validity = state.uidvalidity
+    saved = await load_checkpoint(folder)
+    if isinstance(saved, Checkpoint) and saved.uidvalidity == validity:
+        uids = await client.uids_after(saved.last_uid)
+        checkpoint = saved
         fetched = 0
-        for chunk in _chunks(uids, batch_size):
-            messages = await client.fetch(chunk)
+        async for chunk, messages in _prefetched(client, await _plan(client, uids, batch_size)):
             fetched += len(messages)
+            checkpoint = Checkpoint(validity, max(chunk))
             if messages:
-                await handle(FetchBatch(folder, state.uidvalidity, tuple(messages)))
-            checkpoint = Checkpoint(state.uidvalidity, max(chunk))
-            await save_checkpoint(folder, checkpoint)
+                await handle(
+                    FetchBatch(
+                        folder,
+                        validity,
+                        tuple(messages),
+                        state=checkpoint,
+                        done=fetched,
+                        total=len(uids),
+                    )
+                )
+            else:
+                await save_checkpoint(folder, checkpoint)
         if fetched:
             log.info("IMAP %s: %d new message(s)", folder, fetched)
         return SyncResult(folder, checkpoint, fetched)
 
-    resync = checkpoint is not None
-    if resync:
-        log.warning(
-            "IMAP %s: UIDVALIDITY changed (%s -> %s), reading the folder again",
-            folder,
-            checkpoint.uidvalidity if checkpoint else None,
-            state.uidvalidity,
-        )
-    uids = await client.uids_since(since)
+    if isinstance(saved, FirstSyncProgress) and saved.uidvalidity == validity:
+        resync, top = saved.resync, saved.top
+        uids = [u for u in await client.uids_since(since) if u < saved.below]
+        log.info("IMAP %s: resuming the first sync, %d message(s) left", folder, len(uids))
+    else:
+        resync = saved is not None
+        if resync:
+            log.warning(
+                "IMAP %s: UIDVALIDITY changed (%s -> %s), reading the folder again",
+                folder,
+                saved.uidvalidity if saved else None,
+                validity,
+            )
+        uids = await client.uids_since(since)
+        # Everything up to here is either read now or older than ``since``.
+        top = max([*uids, (state.uidnext or 1) - 1, 0])
+        log.info("IMAP %s: first sync of %d message(s), newest first", folder, len(uids))
+    final = Checkpoint(validity, top)
+    batches = await _plan(client, uids, batch_size)
     fetched = 0
-    async for messages in client.fetch_batches(uids, batch_size):
+    index = 0
+    async for chunk, messages in _prefetched(client, batches):
+        index += 1
         fetched += len(messages)
-        await handle(FetchBatch(folder, state.uidvalidity, tuple(messages), True, resync))
-    # Everything below UIDNEXT was either read or is older than ``since``.
-    last_uid = max([*uids, (state.uidnext or 1) - 1, 0])
-    checkpoint = Checkpoint(state.uidvalidity, last_uid)
-    await save_checkpoint(folder, checkpoint)
+        last = index == len(batches)
+        progress: SyncState = (
+            final if last else FirstSyncProgress(validity, top, min(chunk), resync)
+        )
+        if messages:
+            await handle(
+                FetchBatch(
+                    folder,
+                    validity,
+                    tuple(messages),
+                    initial=True,
+                    resync=resync,
+                    state=progress,
+                    done=fetched,
+                    total=len(uids),
+                )
+            )
+        else:
+            await save_checkpoint(folder, progress)
+    if not batches:
+        await save_checkpoint(folder, final)
     log.info("IMAP %s: first sync read %d message(s)", folder, fetched)
-    return SyncResult(folder, checkpoint, fetched, initial=True, resync=resync)
+    return SyncResult(folder, final, fetched, initial=True, resync=resync)
 
 
 async def watch_folder(
@@ -147,6 +267,7 @@ async def watch_folder(
     backoff: Backoff = Backoff(base=1.0, maximum=300.0),  # noqa: B008 - frozen, immutable
     connect: Connect = ImapClient.connect,
     on_sync: Callable[[SyncResult], Awaitable[None]] | None = None,
+    batch_size: int = FETCH_BATCH,
 ) -> None:
     """Follow ``folder`` until ``stop`` is set: sync, wait for mail (IDLE/poll), repeat.
 
@@ -168,6 +289,7 @@ async def watch_folder(
                         save_checkpoint=save_checkpoint,
                         handle=handle,
                         since=since,
+                        batch_size=batch_size,
                     )
                     if on_sync is not None:
                         await on_sync(result)

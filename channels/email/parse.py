@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.message import Message
@@ -48,7 +48,14 @@ from channels.email.mime import address_list, header_text, message_ids, raw_head
 from channels.email.threading import ThreadRef, decide_thread
 from timeline.events import Channel, Direction, Event, Identity, IdentityKind, Kind, utcnow
 
-__all__ = ["DeliveryReport", "ParsedEmail", "is_ours", "parse_dsn", "parse_message"]
+__all__ = [
+    "DeliveryReport",
+    "ParsedEmail",
+    "is_ours",
+    "parse_dsn",
+    "parse_message",
+    "parse_messages",
+]
 
 MAX_SUBJECT = 1000
 _AUTO_PRECEDENCE = frozenset(("bulk", "list", "junk", "auto_reply"))
@@ -317,3 +324,13 @@ def _parse(
         data=data,
     )
     return ParsedEmail(event, thread, report, tuple(warnings))
+
+
+def parse_messages(
+    raws: Sequence[bytes], *, our_addresses: Collection[str], folder_is_sent: bool = False
+) -> list[ParsedEmail]:
+    """:func:`parse_message` for each of ``raws``: one call per worker process."""
+    return [
+        parse_message(raw, our_addresses=our_addresses, folder_is_sent=folder_is_sent)
+        for raw in raws
+    ]

@@ -16,7 +16,15 @@ from channels.email.imap import (
     decode_mailbox,
     encode_mailbox,
 )
-from channels.email.mailsync import Checkpoint, FetchBatch, SyncResult, sync_folder, watch_folder
+from channels.email.mailsync import (
+    Checkpoint,
+    FetchBatch,
+    FirstSyncProgress,
+    SyncResult,
+    SyncState,
+    sync_folder,
+    watch_folder,
+)
 from channels.email.parse import ParsedEmail, parse_message
 from config.settings import Settings
 from tests.channels.email.conftest import OURS, fixture_bytes
@@ -46,26 +54,29 @@ def _config(peer: DovecotPeer, **overrides: object) -> ImapConfig:
 
 
 class Store:
-    """What the lead's wiring does: checkpoints in a table, events unique on Message-ID."""
+    """What the hub's wiring does: events unique on Message-ID, and each batch's sync
+    state stored with the batch (all or nothing: one transaction)."""
 
     def __init__(self) -> None:
-        self.checkpoints: dict[str, Checkpoint] = {}
+        self.checkpoints: dict[str, SyncState] = {}
         self.events: dict[str, ParsedEmail] = {}
         self.deliveries: list[str] = []
         self.batches: list[FetchBatch] = []
-        self.crash_on_save = False
+        self.crash_in_batch: int | None = None
         self.new = asyncio.Event()
 
-    async def load(self, folder: str) -> Checkpoint | None:
+    async def load(self, folder: str) -> SyncState | None:
         return self.checkpoints.get(folder)
 
-    async def save(self, folder: str, checkpoint: Checkpoint) -> None:
-        if self.crash_on_save:
-            self.crash_on_save = False
-            raise RuntimeError("simulated crash between fetch and checkpoint")
+    async def save(self, folder: str, checkpoint: SyncState) -> None:
         self.checkpoints[folder] = checkpoint
 
     async def handle(self, batch: FetchBatch) -> None:
+        if self.crash_in_batch is not None:
+            self.crash_in_batch -= 1
+            if self.crash_in_batch == 0:
+                self.crash_in_batch = None
+                raise RuntimeError("simulated crash before the batch committed")
         self.batches.append(batch)
         for message in batch.messages:
             parsed = parse_message(
@@ -73,6 +84,8 @@ class Store:
             )
             self.deliveries.append(parsed.message_id)
             self.events.setdefault(parsed.message_id, parsed)  # the unique constraint
+        if batch.state is not None:
+            self.checkpoints[batch.folder] = batch.state
         self.new.set()
 
     async def sync(self, client: ImapClient, folder: str = "INBOX", **kw: object) -> SyncResult:
@@ -177,7 +190,7 @@ async def test_first_sync_is_bounded_by_since(dovecot: DovecotPeer) -> None:
         assert (await store.sync(client)).fetched == 1
 
 
-async def test_crash_between_fetch_and_checkpoint_loses_and_doubles_nothing(
+async def test_crash_before_a_batch_commits_loses_and_doubles_nothing(
     dovecot: DovecotPeer,
 ) -> None:
     dovecot.append(_mail(1))
@@ -185,16 +198,40 @@ async def test_crash_between_fetch_and_checkpoint_loses_and_doubles_nothing(
     async with await ImapClient.connect(_config(dovecot)) as client:
         await store.sync(client)
         dovecot.append(_mail(2), _mail(3))
-        store.crash_on_save = True
+        store.crash_in_batch = 1
         with pytest.raises(RuntimeError, match="simulated crash"):
             await store.sync(client)
-        assert store.checkpoints["INBOX"].last_uid == 1  # the batch was not checkpointed
-    # A new process, a new connection: the batch comes again, ingestion drops the copies.
+        assert store.checkpoints["INBOX"] == Checkpoint(dovecot.uidvalidity(), 1)
+    # A new process, a new connection: the batch comes again, once.
     async with await ImapClient.connect(_config(dovecot)) as client:
         result = await store.sync(client)
         assert result.fetched == 2 and result.checkpoint.last_uid == 3
-    assert store.deliveries.count("<m2@example.org>") == 2  # fetched twice ...
+    assert store.deliveries.count("<m2@example.org>") == 1
     assert sorted(store.events) == ["<m1@example.org>", "<m2@example.org>", "<m3@example.org>"]
+
+
+async def test_a_killed_first_sync_resumes_where_it_stopped(dovecot: DovecotPeer) -> None:
+    dovecot.append(*(_mail(n) for n in range(1, 6)))
+    validity = dovecot.uidvalidity()
+    store = Store()
+    store.crash_in_batch = 2
+    async with await ImapClient.connect(_config(dovecot)) as client:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            await store.sync(client, batch_size=2)
+    # The first batch (UIDs 5 and 4, newest first) is stored with its progress.
+    progress: SyncState = FirstSyncProgress(validity, top=5, below=4)
+    assert store.checkpoints["INBOX"] == progress
+    dovecot.append(_mail(6))  # arrives while the hub is down
+    async with await ImapClient.connect(_config(dovecot)) as client:
+        store.batches.clear()
+        resumed = await store.sync(client, batch_size=2)
+        assert resumed.initial and resumed.fetched == 3
+        assert [[m.uid for m in b.messages] for b in store.batches] == [[3, 2], [1]]
+        assert resumed.checkpoint == Checkpoint(validity, 5)
+        assert store.checkpoints["INBOX"] == Checkpoint(validity, 5)
+        later = await store.sync(client)
+        assert (later.fetched, later.initial, later.checkpoint.last_uid) == (1, False, 6)
+    assert sorted(store.deliveries) == sorted(f"<m{n}@example.org>" for n in range(1, 7))
 
 
 async def test_uidvalidity_change_is_a_full_resync_without_duplicates(

@@ -80,8 +80,8 @@ async def test_mail_sync_command_prints_progress_and_exits_0(
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "syncing the last 30 days of mail" in out
-    assert "INBOX: 3 messages read, 3 new in this batch" in out
-    assert "Sent: 1 messages read, 1 new in this batch" in out
+    assert "INBOX: 3 of 3 messages read, 3 new in this batch" in out
+    assert "Sent: 1 of 1 messages read, 1 new in this batch" in out
     assert "INBOX: 3 fetched" in out
     assert "Sent: 1 fetched" in out
     assert out.rstrip().endswith("4 new messages stored")

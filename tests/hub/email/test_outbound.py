@@ -13,7 +13,7 @@ import dataclasses
 import re
 from datetime import timedelta
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
 
@@ -86,6 +86,7 @@ async def test_queued_with_message_id_then_sent_over_starttls_with_auth(
     assert body is not None and "Gr\u00fc\u00dfe" in body.get_content()
     assert html is not None and "<b>invoice</b>" in html.get_content()
     alternative = message.get_payload()[0]  # type: ignore[index]
+    assert isinstance(alternative, Message)
     assert alternative.get_content_type() == "multipart/alternative"
     [attachment] = list(message.iter_attachments())
     assert attachment.get_filename() == "invoice-0815.pdf"

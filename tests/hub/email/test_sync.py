@@ -1,11 +1,12 @@
 """The IMAP sync as the hub runs it: IDLE, a new UIDVALIDITY, crashes (RELIABILITY 23-25).
 
-``MailIngest`` keeps its folder checkpoints in the database and moves one only after the
-batch it covers committed; these tests crash it at each point that matters (an error
-after the first batch, a cancellation inside the transaction, a failure between the
-commit and the checkpoint) and check that the next sync leaves exactly one copy of each
-message. ``watch`` follows the folders with IDLE: a message APPENDed from another
-connection shows up within seconds (polling would take a minute).
+``MailIngest`` keeps its folder checkpoints (and a first sync's progress) in the
+database, written in the transaction of the batch they cover; these tests crash it at
+each point that matters (an error after the first batch of a first sync, a cancellation
+inside the transaction, a failure while writing the checkpoint) and check that the next
+sync reads only what is missing and leaves exactly one copy of each message. ``watch``
+follows the folders with IDLE: a message APPENDed from another connection shows up
+within seconds (polling would take a minute).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from channels.email.mailsync import Checkpoint, FetchBatch
+from channels.email.mailsync import Checkpoint, FetchBatch, FirstSyncProgress, SyncState
 from channels.email.parse import ParsedEmail
 from hub.email_ingest import MailIngest
 from tests.hub.email.conftest import MailHub, mail, wait_for
@@ -92,7 +93,7 @@ async def test_a_new_uidvalidity_resyncs_without_duplicates(mail_hub: MailHub) -
     ingest = mail_hub.ingest()
     await mail_hub.sync(ingest)
     before = await ingest.load_checkpoint("INBOX")
-    assert before is not None and before.last_uid == 3
+    assert isinstance(before, Checkpoint) and before.last_uid == 3
 
     new_validity = mail_hub.dovecot.change_uidvalidity("INBOX")
     mail_hub.dovecot.append(*_messages(3, 1))
@@ -123,18 +124,25 @@ class FailsOnSecondBatch(MailIngest):
         await super().handle(batch)
 
 
-async def test_a_crash_after_the_first_batch_of_a_first_sync(mail_hub: MailHub) -> None:
-    mail_hub.dovecot.append(*_messages(0, 60))  # batches of 50 and 10
-    crashing = FailsOnSecondBatch(mail_hub.services)
+async def test_a_killed_first_sync_resumes_after_its_last_batch(mail_hub: MailHub) -> None:
+    mail_hub.dovecot.append(*_messages(0, 60))  # batches of 50 and 10, newest first
+    validity = mail_hub.dovecot.uidvalidity()
+    crashing = FailsOnSecondBatch(mail_hub.services, batch_size=50)
     with pytest.raises(RuntimeError, match="simulated crash"):
         await mail_hub.sync(crashing)
     assert crashing.stored == 50
-    assert await crashing.load_checkpoint("INBOX") is None
+    # UIDs 60..11 are stored, with the first sync's progress in the same transaction.
+    progress = await crashing.load_checkpoint("INBOX")
+    assert progress == FirstSyncProgress(validity, top=60, below=11)
 
-    fresh = mail_hub.ingest()
-    await mail_hub.sync(fresh)
-    assert fresh.stored == 10
-    await _assert_each_once(mail_hub, 60)
+    mail_hub.dovecot.append(*_messages(60, 1))  # arrived while the hub was down
+    fresh = mail_hub.ingest(batch_size=50)
+    results = {r.folder: r for r in await mail_hub.sync(fresh)}
+    assert (results["INBOX"].fetched, fresh.stored) == (10, 10)  # only the rest is read
+    assert await fresh.load_checkpoint("INBOX") == Checkpoint(validity, 60)
+    results = {r.folder: r for r in await mail_hub.sync()}
+    assert (results["INBOX"].fetched, results["INBOX"].initial) == (1, False)
+    await _assert_each_once(mail_hub, 61)
 
 
 class CancelledInsideTheTransaction(MailIngest):
@@ -176,29 +184,28 @@ async def test_a_crash_between_fetch_and_commit_keeps_one_copy(mail_hub: MailHub
 
 
 class CheckpointFails(MailIngest):
-    """The batch commits, then the process dies before the checkpoint is written."""
+    """The batch's rows are written, then storing its checkpoint fails: all rolls back."""
 
-    async def save_checkpoint(self, folder: str, checkpoint: Checkpoint) -> None:
+    async def _save_state(self, conn: AsyncConnection, folder: str, state: SyncState) -> None:
         if folder == "INBOX":
-            raise RuntimeError("simulated crash before the checkpoint")
-        await super().save_checkpoint(folder, checkpoint)
+            raise RuntimeError("simulated crash at the checkpoint")
+        await super()._save_state(conn, folder, state)
 
 
-async def test_a_crash_between_commit_and_checkpoint_keeps_one_copy(mail_hub: MailHub) -> None:
+async def test_the_checkpoint_commits_with_its_batch(mail_hub: MailHub) -> None:
     mail_hub.dovecot.append(*_messages(0, 2))
     await mail_hub.sync()
     before = await mail_hub.ingest().load_checkpoint("INBOX")
-    assert before is not None
+    assert isinstance(before, Checkpoint)
     mail_hub.dovecot.append(*_messages(2, 55))
-    crashing = CheckpointFails(mail_hub.services)
-    with pytest.raises(RuntimeError, match="before the checkpoint"):
+    crashing = CheckpointFails(mail_hub.services, batch_size=50)
+    with pytest.raises(RuntimeError, match="at the checkpoint"):
         await mail_hub.sync(crashing)
-    assert crashing.stored == 50
-    await _assert_each_once(mail_hub, 52)
-    assert await crashing.load_checkpoint("INBOX") == Checkpoint(before.uidvalidity, 2)
+    # The batch's messages were rolled back with the checkpoint: nothing half-done.
+    await _assert_each_once(mail_hub, 2)
+    assert await crashing.load_checkpoint("INBOX") == before
 
-    fresh = mail_hub.ingest()
+    fresh = mail_hub.ingest(batch_size=50)
     results = {r.folder: r for r in await mail_hub.sync(fresh)}
-    assert results["INBOX"].fetched == 55  # the committed batch is read again...
-    assert fresh.stored == 5  # ...and dropped as known
+    assert (results["INBOX"].fetched, fresh.stored) == (55, 55)
     await _assert_each_once(mail_hub, 57)
