@@ -108,6 +108,37 @@ FIELDS: tuple[Field, ...] = (
         "24",
         "how long a stored `Idempotency-Key` answer is replayed before it is forgotten",
     ),
+    Field(
+        "HUB_RETENTION_FILES_DAYS",
+        "retention_files_days",
+        "int",
+        "0",
+        "delete document, attachment and MMS files older than this (the document row stays "
+        "as a marker); 0 keeps them",
+    ),
+    Field(
+        "HUB_RETENTION_RECORDINGS_DAYS",
+        "retention_recordings_days",
+        "int",
+        "0",
+        "delete call recordings older than this at the provider (the call keeps a marker); "
+        "0 keeps them",
+    ),
+    Field(
+        "HUB_RETENTION_PROVIDER_DATA_DAYS",
+        "retention_provider_data_days",
+        "int",
+        "0",
+        "remove caller location and caller name sent by providers from events older than "
+        "this; 0 keeps them",
+    ),
+    Field(
+        "HUB_RETENTION_AUDIT_DAYS",
+        "retention_audit_days",
+        "int",
+        "0",
+        "delete audit records older than this; 0 keeps them",
+    ),
     # -- Twilio (SMS and Voice)
     Field(
         "TWILIO_ACCOUNT_SID",

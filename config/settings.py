@@ -44,6 +44,10 @@ class Settings:
     max_upload_bytes: int = 25 * 1024 * 1024
     log_level: str = "INFO"
     idempotency_ttl_hours: int = 24
+    retention_files_days: int = 0
+    retention_recordings_days: int = 0
+    retention_provider_data_days: int = 0
+    retention_audit_days: int = 0
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = dataclasses.field(default=None, repr=False)
     twilio_numbers: tuple[str, ...] = ()

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from hub.retention import EVERY as RETENTION_EVERY
+from hub.retention import retention_job
 from hub.services import Services
 from timeline import idempotency, outbox
 
@@ -48,6 +50,7 @@ async def idempotency_expiry(services: Services) -> None:
 JOBS: dict[str, tuple[Job, float]] = {
     "outbox-recovery": (outbox_recovery, 60.0),
     "idempotency-expiry": (idempotency_expiry, 3600.0),
+    "retention": (retention_job, RETENTION_EVERY),
 }
 
 
