@@ -3,7 +3,8 @@
 OWASP ASVS 5.0 V16 (security logging): who (``agent_id``, null for the command line) did
 what (``action``, a dotted name such as ``customer.export``) to which customer, when (UTC)
 and from where (``ip``). This module only ever inserts and reads; nothing in the hub
-updates or deletes a row (erasure of a customer keeps the records of it, with ids only:
+updates a row, and only retention (``HUB_RETENTION_AUDIT_DAYS``, ``timeline.retention``)
+deletes old ones (erasure of a customer keeps the records of it, with ids only:
 ``detail`` must never hold message bodies, names, phone numbers or addresses).
 
 Pages are keyset pages on ``(at, id)``, newest first (index ``ix_audit_log_at``).
@@ -37,8 +38,15 @@ ACTIONS = (
     "customer.merge",
     "customer.teams",
     "customer.unmerge",
+    "agent.team",
     "login",
     "login.failed",
+    "login.throttled",
+    "logout",
+    "password.change",
+    "password.change.failed",
+    "password.reset",
+    "retention.applied",
     "token.issue",
     "token.revoke",
 )
