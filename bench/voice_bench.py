@@ -37,6 +37,7 @@ import os
 import platform
 import re
 import secrets
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -106,7 +107,20 @@ def serve_hub(port: int, db_url: str, data_dir: str) -> None:
     )
     app = create_app(settings, run_workers=False)
     app.router.routes.insert(0, Route(EMPTY_PATH, empty, methods=["POST"]))
-    serve(app, port)
+    profile_to = os.environ.get("COMMHUB_BENCH_PROFILE")
+    if not profile_to:
+        serve(app, port)
+        return
+    # The event loop's thread only (aiosqlite's thread is not in it): where Python time goes.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        serve(app, port)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -138,7 +152,9 @@ def hub_server(db_url: str, data_dir: Path) -> Iterator[tuple[int, int]]:
                 time.sleep(0.05)
         yield port, proc.pid
     finally:
-        proc.terminate()
+        # SIGINT: uvicorn shuts down, then re-raises it as KeyboardInterrupt, so a
+        # profile (COMMHUB_BENCH_PROFILE) is written on the way out.
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -385,7 +401,7 @@ async def run(args: argparse.Namespace) -> int:
     say(
         f"commhub voice bench  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  db={args.db}  "
         f"events={args.events:,}  customers={args.customers:,}  "
-        f"calls={args.calls} at once x {args.rounds} rounds"
+        f"calls={args.calls} at once x {args.rounds} rounds  stream role={args.role}"
     )
     say(
         f"machine: {os.cpu_count()} CPUs ({platform.machine()}), "
@@ -400,7 +416,7 @@ async def run(args: argparse.Namespace) -> int:
             built = await build(target.url, gen, args.events, args.customers)
             say(f"  ANALYZE {await analyze(db):.1f} s")
             async with db.write() as conn:
-                _, token = await add_agent(conn, email="bench@commhub.example", role="agent")
+                _, token = await add_agent(conn, email="bench@commhub.example", role=args.role)
         finally:
             await db.dispose()
         gc.collect()
@@ -468,6 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=20, help="calls arriving at once")
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument(
+        "--role",
+        choices=("agent", "supervisor"),
+        default="agent",
+        help="the streaming agent: an agent (team-scoped: the stream checks each customer) "
+        "or a supervisor (sees every customer: no check)",
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=logging.WARNING)

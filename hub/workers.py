@@ -82,6 +82,15 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
             await reconciler.run_once()
 
         jobs["sms-reconcile"] = (reconcile, RECONCILE_EVERY)
+
+        from hub.voice_reconcile import reconcile_calls
+
+        twilio = services.twilio
+
+        async def reconcile_voice(_: Services) -> None:
+            await reconcile_calls(services, twilio)
+
+        jobs["voice-reconcile"] = (reconcile_voice, RECONCILE_EVERY)
         jobs["mms-media"] = (fetch_media, MEDIA_EVERY)
     if services.settings.channel_enabled("smtp"):
         from hub.email_sender import EmailSender

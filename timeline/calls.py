@@ -16,6 +16,7 @@ it goes with its event when a customer is erased (``ON DELETE CASCADE``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -359,25 +360,38 @@ async def first_pages(
 
     One statement: a ``UNION ALL`` of each customer's keyset query, so each part still
     walks only the first ``limit`` entries of the timeline index, and the database is
-    asked once instead of once per call.
+    asked once instead of once per call. The statement for ``k`` customers is built once
+    (:func:`_pages_statement`) and compiled once: building its ``k`` subqueries anew for
+    every batch cost more than running it.
     """
     wanted = list(dict.fromkeys(customer_ids))
     pages: dict[str, list[StoredEvent]] = {cid: [] for cid in wanted}
-    order = (events.c.occurred_at.desc(), events.c.id.desc())
-    for part in chunks(wanted, 50):
-        parts = [
-            sa.select(
-                sa.select(events)
-                .where(events.c.customer_id == cid)
-                .order_by(*order)
-                .limit(limit)
-                .subquery()
-            )
-            for cid in part
-        ]
-        query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
-        for row in (await conn.execute(query)).mappings():
+    for part in chunks(wanted, _PAGES_CHUNK):
+        params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(part)}
+        params["n"] = limit
+        rows = await conn.execute(_pages_statement(len(part)), params)
+        for row in rows.mappings():
             pages[row["customer_id"]].append(StoredEvent.from_row(row))
     for page in pages.values():
         page.sort(key=lambda e: (e.occurred_at, e.id), reverse=True)
     return pages
+
+
+_PAGES_CHUNK = 50
+
+
+@functools.cache
+def _pages_statement(k: int) -> sa.Executable:
+    """``UNION ALL`` of ``k`` first-page queries; parameters ``c0..c{k-1}`` and ``n``."""
+    order = (events.c.occurred_at.desc(), events.c.id.desc())
+    parts = [
+        sa.select(
+            sa.select(events)
+            .where(events.c.customer_id == sa.bindparam(f"c{i}"))
+            .order_by(*order)
+            .limit(sa.bindparam("n", type_=sa.Integer))
+            .subquery(f"p{i}")
+        )
+        for i in range(k)
+    ]
+    return parts[0] if k == 1 else sa.union_all(*parts)

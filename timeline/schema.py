@@ -99,6 +99,8 @@ events = sa.Table(
         sa.text("id DESC"),
     ),
     sa.Index("ix_events_thread", "thread_key"),
+    # A customer's counts per channel (customer JSON, screen pops) read this index only.
+    sa.Index("ix_events_customer_channel", "customer_id", "channel"),
 )
 
 documents = sa.Table(

@@ -127,6 +127,9 @@ class Voice:
         #: Recording resources by sid, oldest first, and their audio.
         self.recordings: dict[str, dict[str, Any]] = {}
         self.audio: dict[str, bytes] = {}
+        #: Call statuses whose status callbacks are lost on the way (never delivered), as
+        #: in an outage of the hub: the Calls resource still has them (fetch).
+        self.drop_statuses: set[str] = set()
 
     # -- handles ---------------------------------------------------------------------------
 
@@ -181,7 +184,8 @@ class Voice:
             await asyncio.sleep(sandbox.callback_delay)
             self._set_status(resource, status)
             event = _STEP_EVENT.get(status, "completed")
-            if pending.callback and event in pending.events:
+            lost = status in self.drop_statuses
+            if pending.callback and event in pending.events and not lost:
                 await self._request(pending.callback, self._status_form(resource, sequence))
             sequence += 1
 
@@ -216,7 +220,7 @@ class Voice:
             _log.exception("sandbox call %s failed", call.resource["sid"])
         await asyncio.sleep(self.sandbox.callback_delay)
         self._end(call, "completed")
-        if self.status_path is not None:
+        if self.status_path is not None and "completed" not in self.drop_statuses:
             form = self._status_form(call.resource, None)
             await self._request(self.sandbox.signing_url + self.status_path, form)
 
@@ -400,7 +404,7 @@ class Voice:
         callback = noun.get("statusCallback")
         wanted = set((noun.get("statusCallbackEvent") or "completed").split())
         event = _STEP_EVENT.get(status, "completed")
-        if callback and event in wanted:
+        if callback and event in wanted and status not in self.drop_statuses:
             await self._request(callback, self._status_form(leg, None))
 
     # -- state and forms ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""voice: agents' own phones (click-to-call rings them)
+"""voice: agents' own phones (click-to-call rings them); events by customer and channel
 
 Revision ID: 0008
 Revises: 0007
@@ -19,8 +19,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("agents", schema=None) as batch_op:
         batch_op.add_column(sa.Column("phone", sa.String(length=32), nullable=True))
+    # The per-channel counts of a customer (screen pops, GET /customers/{id}) from the
+    # index alone, instead of one table row read per event of the customer.
+    op.create_index("ix_events_customer_channel", "events", ["customer_id", "channel"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_customer_channel", table_name="events")
     with op.batch_alter_table("agents", schema=None) as batch_op:
         batch_op.drop_column("phone")
