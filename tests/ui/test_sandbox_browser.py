@@ -19,6 +19,7 @@ from channels.twilio.sandbox import serve
 from hub.app import create_app
 from tests.hub.conftest import hub_settings
 from tests.ui.conftest import ACCOUNT, OUR_NUMBER, PHONE, TOKEN, RunningHub, free_port, seed
+from tests.ui.test_accessibility import unlabeled
 from tests.ui.test_browser import log_in, new_page, shot
 
 
@@ -56,11 +57,12 @@ async def test_play_a_customer_text_call_and_read_the_reply(browser: Any, tmp_pa
             await customer.get_by_role("link", name="Sandbox").click()
             await customer.wait_for_url(hub.url + "/ui/sandbox")
             await customer.goto(f"{hub.url}/ui/sandbox?number={quote(PHONE)}")
+            assert await unlabeled(customer) == []
             assert await customer.get_by_label("To (our number)").input_value() == OUR_NUMBER
             assert await customer.get_by_label("From (the customer's phone)").input_value() == PHONE
 
             # The customer texts the hub: it arrives live on the agent's timeline.
-            await customer.get_by_label("Message").fill("Is my order ready?")
+            await customer.get_by_label("Message", exact=True).fill("Is my order ready?")
             await customer.get_by_role("button", name="Send SMS").click()
             await customer.locator("#sms-result", has_text="Sent to the hub.").wait_for()
             inbound = agent.locator("#timeline > li.event", has_text="Is my order ready?")

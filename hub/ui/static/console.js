@@ -1,7 +1,8 @@
 /* The console's live glue: one EventSource on /ui/stream (session cookie).
  * "timeline" messages replace an event in place (status changes) or add it to the top
  * of the open customer's timeline; "call" messages show, update or remove a screen-pop
- * banner. No inline script anywhere: the CSP forbids it. */
+ * banner. New events on the open timeline are announced in the polite #live-status line.
+ * No inline script anywhere: the CSP forbids it. */
 (function () {
   "use strict";
 
@@ -32,6 +33,7 @@
         if (filter.length === 0 || filter.indexOf(channel) >= 0) {
           list.insertBefore(item, list.firstChild);
           processed(item);
+          announce(item);
         }
       }
     }
@@ -39,6 +41,15 @@
     document.querySelectorAll('#composer-status [data-status-of="' + msg.id + '"]').forEach(function (s) {
       if (status) { s.textContent = status.textContent; s.className = status.className; }
     });
+  }
+
+  // The timeline is not a live region (endless scrolling would read out whole pages):
+  // a new event is announced in one short line of the polite status region instead.
+  function announce(item) {
+    var badge = item.querySelector(".badge");
+    var dir = item.querySelector(".dir");
+    status("New " + (badge ? badge.textContent : "event") + (dir ? " " + dir.textContent : "") +
+      " on this timeline.");
   }
 
   function onCall(msg) {
