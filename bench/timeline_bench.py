@@ -293,7 +293,11 @@ async def analyze(db: Database) -> float:
 
 
 async def captured_page_sql(db: Database, customer_id: str) -> tuple[str, tuple[Any, ...], int]:
-    """The SQL and parameters the store sends for a first page, and where the id goes."""
+    """The SQL and parameters the store sends for a first page, and where the id goes.
+
+    The store sends its first page through the driver (``store.first_page_statement``,
+    ``timeline.db.DirectQuery``); SQL it sends through SQLAlchemy is captured instead.
+    """
     seen: list[tuple[str, Any]] = []
 
     def grab(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
@@ -304,9 +308,13 @@ async def captured_page_sql(db: Database, customer_id: str) -> tuple[str, tuple[
     try:
         async with db.read() as conn:
             await store.page(conn, customer_id, limit=PAGE)
+            dialect = conn.dialect
     finally:
         sa_event.remove(db.engine.sync_engine, "before_cursor_execute", grab)
-    statement, parameters = seen[-1]
+    if seen:
+        statement, parameters = seen[-1]
+    else:
+        statement, parameters = store.first_page_statement(dialect, customer_id, PAGE + 1)
     params = tuple(parameters)
     return statement, params, params.index(customer_id)
 

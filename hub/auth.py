@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline.db import Database
+from timeline.db import Database, DirectQuery
 from timeline.errors import Conflict
 from timeline.events import utcnow
 from timeline.ids import new_id
@@ -105,8 +105,31 @@ async def issue_token(conn: AsyncConnection, agent_id: str) -> str:
     return token
 
 
+#: The active agent holding a token (by its hash): built once, sent through the driver.
+_BY_TOKEN_HASH = DirectQuery(
+    sa.select(
+        agents.c.id,
+        agents.c.email,
+        agents.c.name,
+        agents.c.role,
+        agents.c.team,
+        api_tokens.c.id.label("token_id"),
+    )
+    .join(agents, agents.c.id == api_tokens.c.agent_id)
+    .where(
+        api_tokens.c.token_hash == sa.bindparam("token_hash", ""),
+        api_tokens.c.revoked_at.is_(None),
+        agents.c.disabled_at.is_(None),
+    )
+)
+
+
 class TokenAuth:
-    """Looks bearer tokens up; records last use at most once a minute per token."""
+    """Looks bearer tokens up; records last use at most once a minute per token.
+
+    Every lookup asks the database (no cache), so a revoked token or a disabled agent
+    is refused from the next request on, in every process.
+    """
 
     def __init__(self, db: Database, touch_every: float = 60.0) -> None:
         self.db = db
@@ -114,37 +137,43 @@ class TokenAuth:
         self._touched: dict[str, float] = {}
 
     async def agent_for(self, token: str) -> Agent | None:
-        """The active agent holding this token, or None."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        """The active agent holding this token, or None (in a read transaction of its own)."""
+        if not _plausible(token):
             return None
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(
-                        agents.c.id,
-                        agents.c.email,
-                        agents.c.name,
-                        agents.c.role,
-                        agents.c.team,
-                        api_tokens.c.id.label("token_id"),
-                    )
-                    .join(agents, agents.c.id == api_tokens.c.agent_id)
-                    .where(
-                        api_tokens.c.token_hash == hash_token(token),
-                        api_tokens.c.revoked_at.is_(None),
-                        agents.c.disabled_at.is_(None),
-                    )
-                )
-            ).one_or_none()
-        if row is None:
+            agent = await self.lookup(conn, token)
+        if agent is not None:
+            await self.touch(agent)
+        return agent
+
+    async def lookup(self, conn: AsyncConnection, token: str) -> Agent | None:
+        """The active agent holding this token, read in ``conn``'s transaction, or None.
+
+        The caller records the use with :meth:`touch` once its transaction has ended.
+        """
+        if not _plausible(token):
             return None
+        rows = await _BY_TOKEN_HASH.rows(conn, token_hash=hash_token(token))
+        if not rows:
+            return None
+        row = rows[0]
+        return Agent(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    async def touch(self, agent: Agent) -> None:
+        """Record the token's last use, if this process has not in the last minute."""
+        if agent.token_id is None:
+            return
         now = time.monotonic()
-        if now - self._touched.get(row.token_id, -1e9) > self.touch_every:
-            self._touched[row.token_id] = now
-            async with self.db.write() as conn:
-                await conn.execute(
-                    api_tokens.update()
-                    .where(api_tokens.c.id == row.token_id)
-                    .values(last_used_at=utcnow())
-                )
-        return Agent(row.id, row.email, row.name, row.role, row.team, row.token_id)
+        if now - self._touched.get(agent.token_id, -1e9) <= self.touch_every:
+            return
+        self._touched[agent.token_id] = now
+        async with self.db.write() as conn:
+            await conn.execute(
+                api_tokens.update()
+                .where(api_tokens.c.id == agent.token_id)
+                .values(last_used_at=utcnow())
+            )
+
+
+def _plausible(token: str) -> bool:
+    return token.startswith(TOKEN_PREFIX) and len(token) <= 200

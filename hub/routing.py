@@ -9,12 +9,14 @@ and honours the ``Idempotency-Key`` header (``timeline.idempotency``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -26,9 +28,10 @@ from hub.auth import Agent
 from hub.errors import ApiError, answer_for
 from timeline import customers as customer_ops
 from timeline import idempotency
-from timeline.db import Database
-from timeline.errors import TimelineError
+from timeline.db import Database, DirectQuery
+from timeline.errors import NotFound, TimelineError
 from timeline.idempotency import Answer, AnswerError
+from timeline.schema import customers
 from timeline.store import BadCursor
 
 if TYPE_CHECKING:
@@ -67,16 +70,32 @@ class Endpoint:
     idempotent: bool = False
     tag: str = "customers"
     multipart: bool = False
+    #: A read-only operation: the token is checked in the read transaction the handler
+    #: then uses (``Ctx.reading``), one transaction per request instead of two.
+    reads: bool = False
 
 
 class Ctx:
     """What a handler works with."""
 
-    def __init__(self, request: Request, services: Services, agent: Agent | None) -> None:
+    def __init__(
+        self,
+        request: Request,
+        services: Services,
+        agent: Agent | None,
+        conn: AsyncConnection | None = None,
+    ) -> None:
         self.request = request
         self.services = services
         self._agent = agent
+        self._conn = conn
         self.after_commit: list[AfterCommit] = []
+
+    def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """The request's read transaction (``Endpoint.reads``), else a new ``db.read()``."""
+        if self._conn is not None:
+            return contextlib.nullcontext(self._conn)
+        return self.services.db.read()
 
     @property
     def agent(self) -> Agent:
@@ -94,8 +113,17 @@ class Ctx:
         return team_scope(self.agent)
 
     async def require_visible(self, conn: AsyncConnection, customer_id: str) -> None:
-        """NotFound (404, never 403: ids cannot be probed) unless the agent sees it."""
-        await customer_ops.require_visible(conn, customer_id, self.teams)
+        """NotFound (404, never 403: ids cannot be probed) unless the agent sees it.
+
+        ``timeline.customers.require_visible``, with the statement of each team set
+        built once (every API read asks it).
+        """
+        teams = self.teams
+        if teams is None:
+            return
+        rows = await _visibility(teams).rows(conn, customer_id=customer_id)
+        if rows and not rows[0][1]:
+            raise NotFound("customer", customer_id)
 
     async def audit(
         self,
@@ -184,6 +212,23 @@ class Ctx:
         self.after_commit.clear()
 
 
+_VISIBILITY: dict[frozenset[str], DirectQuery] = {}
+
+
+def _visibility(teams: frozenset[str]) -> DirectQuery:
+    """Whether a customer (if it exists) is visible to agents of ``teams``."""
+    query = _VISIBILITY.get(teams)
+    if query is None:
+        if len(_VISIBILITY) >= 256:  # team sets are few; never let them grow unbounded
+            _VISIBILITY.clear()
+        query = _VISIBILITY[teams] = DirectQuery(
+            sa.select(customers.c.id, customer_ops.visible_to(teams).label("visible")).where(
+                customers.c.id == sa.bindparam("customer_id", "")
+            )
+        )
+    return query
+
+
 def team_scope(agent: Agent) -> frozenset[str] | None:
     """The teams whose customers ``agent`` sees; None: all (supervisor and above)."""
     if agent.has_role("supervisor"):
@@ -226,13 +271,20 @@ def to_route(
         services = services_of(request)
         agent = None
         try:
-            if endpoint.role is not None:
-                agent = await services.authenticate(request)
-                if not agent.has_role(endpoint.role):
-                    raise ApiError(
-                        403, "forbidden", f"this needs the {endpoint.role} role or above"
-                    )
-            response = await endpoint.handler(Ctx(request, services, agent))
+            if endpoint.reads and endpoint.role is not None:
+                try:
+                    async with services.db.read() as conn:
+                        agent = await services.authenticate(request, conn)
+                        _require_role(agent, endpoint.role)
+                        response = await endpoint.handler(Ctx(request, services, agent, conn))
+                finally:
+                    if agent is not None:
+                        await services.tokens.touch(agent)
+            else:
+                if endpoint.role is not None:
+                    agent = await services.authenticate(request)
+                    _require_role(agent, endpoint.role)
+                response = await endpoint.handler(Ctx(request, services, agent))
         except (TimelineError, AnswerError, BadCursor) as exc:
             answer = answer_for(exc)
             assert answer is not None
@@ -243,6 +295,11 @@ def to_route(
 
     call.__name__ = endpoint.handler.__name__
     return call
+
+
+def _require_role(agent: Agent, role: str) -> None:
+    if not agent.has_role(role):
+        raise ApiError(403, "forbidden", f"this needs the {role} role or above")
 
 
 async def _audit_denial(

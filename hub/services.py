@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from channels.twilio.client import TwilioClient
@@ -57,13 +58,20 @@ class Services:
             await self.twilio.aclose()
         await self.db.dispose()
 
-    async def authenticate(self, request: Request) -> Agent:
-        """The agent of the request's bearer token; 401 without a valid one."""
+    async def authenticate(self, request: Request, conn: AsyncConnection | None = None) -> Agent:
+        """The agent of the request's bearer token; 401 without a valid one.
+
+        With ``conn`` the token is read in that transaction and its use is not recorded
+        (the caller calls ``tokens.touch`` after the transaction).
+        """
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthorized", "missing bearer token")
-        agent = await self.tokens.agent_for(token.strip())
+        if conn is None:
+            agent = await self.tokens.agent_for(token.strip())
+        else:
+            agent = await self.tokens.lookup(conn, token.strip())
         if agent is None:
             raise ApiError(401, "unauthorized", "invalid or revoked token")
         return agent

@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
+from sqlalchemy.util import await_only
 
 _IMMEDIATE = "commhub_immediate"
 
@@ -31,12 +33,18 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # Reset on return is ours (_on_reset): the pool's own would roll back every
+        # returned connection, one more driver-thread hop after each COMMIT.
+        kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: with asyncpg it is BEGIN; SELECT 1; ROLLBACK, three round trips on
+    # every checkout. A connection the server dropped raises a disconnect error, which
+    # invalidates the pool (one failed request after a database restart).
+    kwargs.setdefault("pool_pre_ping", False)
     return create_async_engine(url, **kwargs)
 
 
@@ -56,10 +64,74 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        if conn.get_execution_options().get(_IMMEDIATE):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN"
+        # Straight to aiosqlite: one trip to its thread (exec_driver_sql takes three:
+        # cursor, execute, close). The statement has no result to close.
+        driver: Any = conn.connection.driver_connection
+        await_only(driver.execute(sql))
+
+    @event.listens_for(engine.sync_engine.pool, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+        # read()/write() end their transactions, and Connection.close() rolls back one
+        # left open; roll back only what is still open (a connection checked in by
+        # other means). https://docs.sqlalchemy.org/en/20/core/pooling.html#custom-reset
+        if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.rollback()
+
+
+class DirectQuery:
+    """A prebuilt SELECT sent straight through the async driver: one call, raw rows.
+
+    For the hottest reads (the first timeline page, the token lookup). SQLAlchemy's
+    ``conn.execute`` costs aiosqlite four trips to its thread (cursor, execute, fetch,
+    close) plus statement and result processing; this compiles the statement once per
+    dialect and sends it with aiosqlite ``execute_fetchall`` or asyncpg ``fetch`` on the
+    connection's own driver connection, inside its transaction. Rows come back as the
+    driver returns them: no type processing (SQLite timestamps and JSON are text). On
+    other drivers it falls back to ``conn.execute`` (typed rows): see :meth:`direct`.
+
+    On PostgreSQL SQLAlchemy's asyncpg adapter sends BEGIN with its first statement of a
+    transaction; a DirectQuery before that runs on its own (under READ COMMITTED every
+    statement takes its own snapshot either way), one after it inside the transaction.
+
+    Every bind parameter of the statement needs a value when built (``bindparam(name,
+    value=...)``), so expanding ``IN`` lists render; values given to :meth:`rows` replace
+    them by name.
+    """
+
+    _DRIVERS = {("sqlite", "aiosqlite"), ("postgresql", "asyncpg")}
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+    @classmethod
+    def direct(cls, conn: AsyncConnection) -> bool:
+        """Whether ``conn``'s driver is used directly (its rows are raw)."""
+        return (conn.dialect.name, conn.dialect.driver) in cls._DRIVERS
+
+    def statement_for(self, dialect: sa.Dialect, **values: Any) -> tuple[str, tuple[Any, ...]]:
+        """The SQL on ``dialect`` and its positional parameters."""
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(
+                dialect=dialect, compile_kwargs={"render_postcompile": True}
+            )
+            found = compiled.string, tuple(compiled.positiontup or ()), dict(compiled.params)
+            self._compiled[dialect.name] = found
+        sql, order, fixed = found
+        given = {**fixed, **values}
+        return sql, tuple(given[name] for name in order)
+
+    async def rows(self, conn: AsyncConnection, **values: Any) -> list[Any]:
+        """The rows for these parameter values, in ``conn``'s transaction."""
+        if not self.direct(conn):
+            return list(await conn.execute(self.statement, values))
+        sql, params = self.statement_for(conn.dialect, **values)
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        if conn.dialect.name == "sqlite":
+            return list(await driver.execute_fetchall(sql, params))
+        return list(await driver.fetch(sql, *params))
 
 
 def _lower(value: object) -> object:
@@ -86,7 +158,11 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (a consistent snapshot on both databases)."""
+        """A read-only transaction.
+
+        SQLite: one snapshot for the whole block. PostgreSQL (READ COMMITTED, its
+        default): each statement sees what was committed when it started.
+        """
         async with self.engine.connect() as conn, conn.begin():
             yield conn
 

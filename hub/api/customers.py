@@ -110,7 +110,7 @@ async def create_customer(ctx: Ctx) -> Response:
 
 async def get_customer(ctx: Ctx) -> Response:
     """A customer with identities, consent and counts."""
-    async with ctx.services.db.read() as conn:
+    async with ctx.reading() as conn:
         await ctx.require_visible(conn, ctx.path("id"))
         customer = await customer_ops.get(conn, ctx.path("id"))
     if customer.erased_at is not None:
@@ -259,6 +259,7 @@ ENDPOINTS = [
             404: ("no such customer", _ERR),
         },
         params=(_ID,),
+        reads=True,
     ),
     Endpoint(
         "PATCH",

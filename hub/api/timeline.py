@@ -38,7 +38,7 @@ async def get_timeline(ctx: Ctx) -> Response:
             field="channel",
         )
     customer_id = ctx.path("id")
-    async with ctx.services.db.read() as conn:
+    async with ctx.reading() as conn:
         await ctx.require_visible(conn, customer_id)
         items, nxt = await store.page(
             conn,
@@ -236,6 +236,7 @@ ENDPOINTS = [
             Param("cursor", "query", {"type": "string"}, "from the previous page's next"),
         ),
         tag="timeline",
+        reads=True,
     ),
     Endpoint(
         "POST",

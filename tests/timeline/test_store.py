@@ -12,12 +12,13 @@ from timeline import customers as customer_ops
 from timeline import store
 from timeline.db import Database
 from timeline.errors import NotFound
-from timeline.events import Channel, Direction, Event, Kind
-from timeline.ingest import ingest
+from timeline.events import Attachment, Channel, Direction, Event, Kind
+from timeline.files import FileStore
+from timeline.ingest import ingest, ingest_batch
 from timeline.records import StoredEvent
 from timeline.store import BadCursor, decode_cursor, encode_cursor
 
-from .conftest import REGION, T0, email_in, minutes, note, phone, sms_in
+from .conftest import REGION, T0, call, email_in, minutes, note, phone, sms_in
 
 
 async def _customer(db: Database) -> str:
@@ -273,3 +274,45 @@ async def test_get_and_find_event(db: Database) -> None:
         with pytest.raises(NotFound) as info:
             await store.get_event(conn, "nope")
     assert info.value.what == "event"
+
+
+async def test_first_page_reads_what_the_other_paths_read(db: Database, files: FileStore) -> None:
+    """The first page goes through the driver; it must equal SQLAlchemy's reading."""
+    batch = [
+        email_in(
+            "jane@example.com",
+            at=T0 + timedelta(microseconds=123456),
+            subject="Invoice",
+            text="attached",
+            attachments=[Attachment("invoice.pdf", "application/pdf", content=b"%PDF-1.4")],
+        ),
+        sms_in(phone(1), at=T0 + minutes(1), text='Grüße ✓ "quoted"\n'),
+        call(phone(1), external_id="CA1", status="completed", at=T0 + minutes(2)),
+    ]
+    outcomes = (await ingest(db, batch, region=REGION, files=files)).outcomes
+    ids = [o.event.id for o in outcomes if o.event]
+    async with db.read() as conn:
+        customer_ids = {(await store.get_event(conn, i)).customer_id for i in ids}
+        singles = {i: await store.get_event(conn, i) for i in ids}
+        firsts: list[StoredEvent] = []
+        filtered: list[StoredEvent] = []
+        for customer_id in customer_ids:
+            firsts += (await store.page(conn, customer_id, limit=10))[0]
+            filtered += (await store.page(conn, customer_id, limit=10, channels=list(Channel)))[0]
+    assert sorted(firsts, key=lambda e: e.id) == sorted(filtered, key=lambda e: e.id)
+    assert {e.id: e for e in firsts} == singles
+    first_email = singles[ids[0]]
+    assert first_email.occurred_at == T0 + timedelta(microseconds=123456)
+    assert first_email.occurred_at.utcoffset() == timedelta(0)
+    assert [a["filename"] for a in first_email.attachments] == ["invoice.pdf"]
+    assert singles[ids[1]].text == 'Grüße ✓ "quoted"\n'
+
+
+async def test_first_page_sees_its_own_transaction(db: Database) -> None:
+    customer_id = await _customer(db)
+    async with db.write() as conn:
+        # Read first (on PostgreSQL before SQLAlchemy began the transaction), then write.
+        assert await store.page(conn, customer_id) == ([], None)
+        await ingest_batch(conn, [note(customer_id, "inside")], region=REGION)
+        items, _ = await store.page(conn, customer_id)
+        assert [e.text for e in items] == ["inside"]
