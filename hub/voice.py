@@ -13,7 +13,14 @@ URL and ``HUB_PUBLIC_URL/webhooks/twilio/voice/status`` as its call status callb
                                        voicemail or hang up
 ``POST /webhooks/twilio/voice/bridge`` click-to-call: the agent answered, dial the
                                        customer
+``POST /webhooks/twilio/voice/agent``  queue mode: an agent's browser client calls in
+                                       to take the next caller (``<Dial><Queue>``)
+``POST /webhooks/twilio/voice/dequeued``  queue mode: ``<Queue url>``, the agent named
+                                       in its ``agent`` parameter answered the caller
 =====================================  ============================================
+
+In queue mode, set the Voice URL of the TwiML App the agents' Voice SDK uses to
+``HUB_PUBLIC_URL/webhooks/twilio/voice/agent``.
 
 Every request is checked as the SMS webhooks are (``hub.twilio_webhooks.signed_payload``:
 413 over the size limit, 403 without a valid X-Twilio-Signature, nothing stored), a
@@ -41,12 +48,15 @@ from channels.twilio import twiml, voice
 from hub.services import Services
 from hub.twilio_webhooks import json_error, signed_payload
 from hub.voice_state import (
+    WEBHOOK_AGENT,
+    WEBHOOK_DEQUEUED,
     WEBHOOK_DIAL,
     WEBHOOK_RECORDING,
     WEBHOOK_STATUS,
     Applied,
     Incoming,
     anonymous_pop,
+    apply_dequeued,
     apply_dial_result,
     apply_recording,
     apply_status,
@@ -263,10 +273,44 @@ async def bridge(request: Request) -> Response:
     )
 
 
+async def agent_client(request: Request) -> Response:
+    """Queue mode: an agent's browser client calls in; connect them to the next caller.
+
+    The ``<Queue url>`` names the agent (the client identity Twilio reports as ``From``),
+    signed with the rest of that URL, so the dequeue request says who answered.
+    """
+    services = _services(request)
+    parsed = await signed_payload(request, services, voice.parse_agent_client)
+    if isinstance(parsed, Response):
+        return parsed
+    url = webhook_url(services.settings, WEBHOOK_DEQUEUED, agent=parsed)
+    return _twiml(twiml.dequeue(services.settings.twilio_voice_queue, url=url))
+
+
+async def dequeued(request: Request) -> Response:
+    """Queue mode: ``<Queue url>``: the agent took this caller; record who answered."""
+    services = _services(request)
+    parsed = await signed_payload(request, services, voice.parse_dequeued)
+    if isinstance(parsed, Response):
+        return parsed
+    agent = request.query_params.get("agent")
+    if not agent:
+        return json_error(400, "bad_request", "agent: missing from the dequeue URL")
+    async with services.db.write() as conn:
+        applied = await apply_dequeued(conn, parsed, agent=agent)
+    if applied is None:
+        log.info("dequeue of unknown call %s ignored", parsed.call_sid)
+    elif applied.changed:
+        _publish(services, applied, await read_pop(services.db, applied.event))
+    return _twiml(twiml.empty())
+
+
 ROUTES = [
     Route("/webhooks/twilio/voice", inbound_call, methods=["POST"]),
     Route(WEBHOOK_STATUS, call_status, methods=["POST"]),
     Route(WEBHOOK_RECORDING, recording, methods=["POST"]),
     Route(WEBHOOK_DIAL, dial_result, methods=["POST"]),
     Route("/webhooks/twilio/voice/bridge", bridge, methods=["POST"]),
+    Route(WEBHOOK_AGENT, agent_client, methods=["POST"]),
+    Route(WEBHOOK_DEQUEUED, dequeued, methods=["POST"]),
 ]

@@ -46,6 +46,8 @@ WEBHOOK_STATUS = "/webhooks/twilio/voice/status"
 WEBHOOK_RECORDING = "/webhooks/twilio/voice/recording"
 WEBHOOK_DIAL = "/webhooks/twilio/voice/dial"
 WEBHOOK_BRIDGE = "/webhooks/twilio/voice/bridge"
+WEBHOOK_AGENT = "/webhooks/twilio/voice/agent"
+WEBHOOK_DEQUEUED = "/webhooks/twilio/voice/dequeued"
 
 
 _ROUTES: dict[str, Literal["clients", "numbers", "queue"]] = {
@@ -383,6 +385,27 @@ async def apply_dial_result(
         await calls.record_state(
             conn, parent_sid, event_id=event.id, state="completed", direction=event.direction
         )
+    return await settle(conn, event, extra)
+
+
+async def apply_dequeued(
+    conn: AsyncConnection, dequeued: voice.Dequeued, *, agent: str
+) -> Applied | None:
+    """An agent (``client:alice``) took the queued caller: the call is answered by them.
+
+    The first answer wins (``timeline.calls.mark_answered``), so the ``<Enqueue>`` action
+    that follows (``queue:<name>``) does not replace the agent.
+    """
+    event = await find_call(conn, call_sid=dequeued.call_sid, parent_sid=None, hint=None)
+    if event is None:
+        return None
+    parent_sid = await _parent(conn, event)
+    if parent_sid is None:
+        return None
+    await calls.mark_answered(conn, parent_sid, by=agent)
+    extra: dict[str, Any] = {}
+    if dequeued.queue_seconds is not None:
+        extra["queue_seconds"] = dequeued.queue_seconds
     return await settle(conn, event, extra)
 
 

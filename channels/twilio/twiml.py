@@ -176,6 +176,25 @@ def bridge(
     return _xml(response)
 
 
+def dequeue(queue: str, *, url: str) -> str:
+    """An agent takes the caller who waited longest in ``queue``: ``<Dial><Queue url>``.
+
+    Twilio requests ``url`` (with the caller's ``CallSid`` and the agent's
+    ``DequeingCallSid``) just before bridging them; its answer plays to the caller.
+    https://www.twilio.com/docs/voice/twiml/queue
+    """
+    response = VoiceResponse()
+    dial = Dial()
+    dial.queue(queue, url=url, method="POST")
+    response.append(dial)
+    return _xml(response)
+
+
+def empty() -> str:
+    """``<Response/>``: nothing to do (the caller is bridged at once)."""
+    return _xml(VoiceResponse())
+
+
 def hangup(announcement: str | None = None) -> str:
     """End the call (after an optional ``<Say>``). https://www.twilio.com/docs/voice/twiml/hangup"""
     response = VoiceResponse()

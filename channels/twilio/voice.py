@@ -46,13 +46,16 @@ __all__ = [
     "LEG_EVENTS",
     "TERMINAL",
     "CallUpdate",
+    "Dequeued",
     "DialResult",
     "Leg",
     "RecordingUpdate",
     "TranscriptionUpdate",
     "call_state",
     "is_missed",
+    "parse_agent_client",
     "parse_call_status",
+    "parse_dequeued",
     "parse_dial_result",
     "parse_inbound_call",
     "parse_recording_callback",
@@ -72,6 +75,8 @@ LEG_EVENTS = ("initiated", "ringing", "answered", "completed")
 
 _SID = re.compile(r"[A-Za-z0-9]{2,64}")
 _WORD = re.compile(r"[a-z_-]{1,32}")
+#: A Twilio Client identity (alphanumerics and underscores; we allow a few more).
+_CLIENT = re.compile(r"[A-Za-z0-9_.@+-]{1,121}")
 _CALLER_DATA = (
     "AccountSid",
     "CallerName",
@@ -289,6 +294,52 @@ def parse_dial_result(form: Form) -> DialResult:
         queue_result=fields.word("QueueResult"),
         queue_seconds=fields.integer("QueueTime"),
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dequeued:
+    """Twilio's request to a ``<Queue url>``: an agent's call took a caller from the queue.
+
+    ``call_sid`` is the caller's call (the one that waited), ``dequeuing_sid`` the agent's.
+    """
+
+    call_sid: str
+    dequeuing_sid: str | None = None
+    queue_sid: str | None = None
+    queue_seconds: int | None = None
+
+
+def parse_dequeued(form: Form) -> Dequeued:
+    """The request to ``<Queue url>`` before the dequeued caller is bridged to the agent:
+    ``CallSid``, ``QueueSid``, ``QueueTime`` and ``DequeingCallSid`` (Twilio's spelling;
+    ``DequeueingCallSid`` is accepted too). https://www.twilio.com/docs/voice/twiml/queue#url
+    """
+    fields = _Fields(form)
+    sid = fields.sid("CallSid")
+    assert sid is not None
+    dequeuing = fields.sid("DequeingCallSid", required=False) or fields.sid(
+        "DequeueingCallSid", required=False
+    )
+    return Dequeued(
+        call_sid=sid,
+        dequeuing_sid=dequeuing,
+        queue_sid=fields.sid("QueueSid", required=False),
+        queue_seconds=fields.integer("QueueTime"),
+    )
+
+
+def parse_agent_client(form: Form) -> str:
+    """The client identity (``client:alice``) of an agent's browser placing a call to the
+    hub (the Voice URL of the TwiML App their Voice SDK uses); PayloadError otherwise.
+    https://www.twilio.com/docs/voice/sdks/javascript/get-started#twiml-app
+    """
+    fields = _Fields(form)
+    fields.sid("CallSid")
+    caller = fields.require("From")
+    identity = caller.removeprefix("client:")
+    if identity == caller or not _CLIENT.fullmatch(identity):
+        raise PayloadError("From", "not a Twilio Client identity")
+    return caller
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

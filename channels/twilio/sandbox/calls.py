@@ -130,6 +130,11 @@ class Voice:
         #: Call statuses whose status callbacks are lost on the way (never delivered), as
         #: in an outage of the hub: the Calls resource still has them (fetch).
         self.drop_statuses: set[str] = set()
+        #: Queue mode: the Voice URL path of the agents' TwiML App, and the client identity
+        #: of the agent whose browser takes each queued caller (None: nobody calls in;
+        #: the caller is bridged without a dequeue request, as before).
+        self.agent_path = "/webhooks/twilio/voice/agent"
+        self.queue_agent: str | None = "alice"
 
     # -- handles ---------------------------------------------------------------------------
 
@@ -334,6 +339,7 @@ class Voice:
         queue_sid = "QU" + secrets.token_hex(16)
         if call.answer:
             waited, result = 5, "bridged"
+            await self._dequeue(call, queue_sid, waited)
             call.elapsed += waited + self.sandbox.call_duration
         else:
             waited, result = QUEUE_PATIENCE, "hangup"
@@ -344,6 +350,42 @@ class Voice:
         if result == "hangup":
             raise _CallerGone
         return following
+
+    async def _dequeue(self, call: _Call, queue_sid: str, waited: int) -> None:
+        """An agent's browser client calls the hub, whose ``<Dial><Queue url>`` takes the
+        caller: ``url`` is requested with the caller's CallSid and the agent's call.
+        https://www.twilio.com/docs/voice/twiml/queue#url
+        """
+        sandbox = self.sandbox
+        if self.queue_agent is None:
+            return
+        agent_url = sandbox.signing_url + self.agent_path
+        agent_call = call_resource(
+            sandbox.account_sid, sandbox._new_sid("CA"), f"client:{self.queue_agent}", ""
+        )
+        agent_call.update(direction="inbound", status="ringing")
+        sandbox.calls[agent_call["sid"]] = agent_call
+        response = await self._request(agent_url, self._call_form(agent_call))
+        if response is None or response.status_code != 200:
+            return
+        try:
+            root = ET.fromstring(response.text)  # noqa: S314 - the hub's own answer
+        except ET.ParseError:
+            return
+        queue = root.find("Dial/Queue")
+        target = queue.get("url") if queue is not None else None
+        agent_call["status"] = "in-progress"
+        if target:
+            await self._request(
+                urljoin(agent_url, target),
+                [
+                    *self._call_form(call.resource),
+                    ("QueueSid", queue_sid),
+                    ("QueueTime", str(waited)),
+                    ("DequeingCallSid", agent_call["sid"]),
+                ],
+            )
+        self._set_status(agent_call, "completed")
 
     async def _record(self, call: _Call, verb: ET.Element, url: str) -> tuple[str, str] | None:
         if call.voicemail is None:

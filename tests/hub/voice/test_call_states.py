@@ -203,6 +203,7 @@ async def test_queued_callers_are_answered_or_missed(start_hub: StartHub) -> Non
         await hub.sandbox.settle()
         first, second = await _event(hub, taken.sid), await _event(hub, left.sid)
     assert (first["status"], first["data"]["missed"]) == ("completed", False)
-    assert first["data"]["answered_by"] == "queue:front-desk"
+    # The sandbox's agent "alice" took the caller from the queue (<Dial><Queue url>).
+    assert first["data"]["answered_by"] == "client:alice"
     assert first["data"]["queue_seconds"] == 5
     assert (second["status"], second["data"]["missed"]) == ("completed", True)
