@@ -118,8 +118,12 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
             for cid in made.values()
         ],
     )
-    await conn.execute(
-        insert_ignoring(conn, identities, ["kind", "value"]),
+    # RETURNING names the identities this insert claimed; only those another transaction
+    # took meanwhile (rare) need a second look.
+    claimed = await conn.execute(
+        insert_ignoring(conn, identities, ["kind", "value"]).returning(
+            identities.c.kind, identities.c.value, identities.c.customer_id
+        ),
         [
             {
                 "id": new_id(),
@@ -131,11 +135,21 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
             for identity, cid in made.items()
         ],
     )
-    await _lookup(conn, missing, found)
+    for kind, value, customer_id in claimed:
+        found[Identity(IdentityKind(kind), value)] = customer_id
+    raced = [i for i in missing if i not in found]
+    if raced:
+        await _lookup(conn, raced, found)
     orphans = [cid for identity, cid in made.items() if found.get(identity) != cid]
     if orphans:
         await conn.execute(customers.delete().where(customers.c.id.in_(orphans)))
     return found
+
+
+_OWNERS = sa.select(identities.c.value, identities.c.customer_id).where(
+    identities.c.kind == sa.bindparam("kind"),
+    identities.c.value.in_(sa.bindparam("values", expanding=True)),
+)
 
 
 async def _lookup(
@@ -146,11 +160,7 @@ async def _lookup(
         by_kind.setdefault(identity.kind, []).append(identity.value)
     for kind, values in by_kind.items():
         for part in chunks(values):
-            rows = await conn.execute(
-                sa.select(identities.c.value, identities.c.customer_id).where(
-                    identities.c.kind == kind.value, identities.c.value.in_(part)
-                )
-            )
+            rows = await conn.execute(_OWNERS, {"kind": kind.value, "values": part})
             for value, customer_id in rows:
                 found[Identity(kind, value)] = customer_id
 

@@ -42,9 +42,30 @@ def _e164(raw: str, region: str) -> str:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidIdentity(field, f"not a phone number ({exc._msg})") from None
-    if not phonenumbers.is_valid_number(number):
+    if not _is_valid(number):
         raise InvalidIdentity(field, "not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _is_valid(number: phonenumbers.PhoneNumber) -> bool:
+    """``phonenumbers.is_valid_number``, without its second pass for the common case.
+
+    ``is_valid_number`` finds the number's region, then checks the number against that
+    region's patterns. For a country code shared by many regions (+1: 25 of them) the
+    first step already checks the main region's patterns when it has no leading-digits
+    rule, and the second repeats the check. When that first check passes, the answer is
+    True either way; otherwise ask the library.
+    """
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code or 0, ())
+    if len(regions) > 1:
+        main = phonenumbers.PhoneMetadata.metadata_for_region(regions[0], None)
+        if (
+            main is not None
+            and main.leading_digits is None
+            and phonenumbers.is_valid_number_for_region(number, regions[0])
+        ):
+            return True
+    return bool(phonenumbers.is_valid_number(number))
 
 
 def normalize_email(raw: str, *, field: str = "email") -> str:

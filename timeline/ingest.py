@@ -35,7 +35,7 @@ from timeline.ids import new_id
 from timeline.publish import Publisher
 from timeline.records import StoredEvent
 from timeline.schema import documents, events
-from timeline.search import index_events_after, index_mark
+from timeline.search import index_new_events
 from timeline.sql import chunks, insert_ignoring
 from timeline.status import advances
 
@@ -118,6 +118,12 @@ def _attachment_rows(
     return summaries, rows
 
 
+_EXISTING = sa.select(events.c.id, events.c.external_id, events.c.status, events.c.data).where(
+    events.c.channel == sa.bindparam("channel"),
+    events.c.external_id.in_(sa.bindparam("external_ids", expanding=True)),
+)
+
+
 async def _existing(
     conn: AsyncConnection, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -127,11 +133,7 @@ async def _existing(
         by_channel.setdefault(channel, []).append(external_id)
     for channel, ids in by_channel.items():
         for part in chunks(ids):
-            rows = await conn.execute(
-                sa.select(events.c.id, events.c.external_id, events.c.status, events.c.data).where(
-                    events.c.channel == channel, events.c.external_id.in_(part)
-                )
-            )
+            rows = await conn.execute(_EXISTING, {"channel": channel, "external_ids": part})
             for row in rows.mappings():
                 found[(channel, row["external_id"])] = dict(row)
     return found
@@ -253,16 +255,20 @@ async def ingest_batch(
     if event_rows:
         # Sorted by the unique key, so concurrent batches take their locks in one order.
         ordered = sorted(event_rows, key=lambda r: (r["channel"], r["external_id"] or ""))
-        mark = await index_mark(conn)
-        await conn.execute(insert_ignoring(conn, events, ["channel", "external_id"]), ordered)
-        await index_events_after(conn, mark)
+        insert = insert_ignoring(conn, events, ["channel", "external_id"])
         if conn.dialect.name == "sqlite":
-            # Writers are serialized (BEGIN IMMEDIATE): nothing can have raced us.
-            inserted_ids = {r["id"] for r in event_rows}
+            # Writers are serialized (BEGIN IMMEDIATE) and the keys we hold were filtered
+            # out above under that lock: every row goes in, in this order.
+            result = await conn.execute(insert, ordered)
+            if result.rowcount != len(ordered):
+                raise RuntimeError("events insert conflicted under the write lock")
+            inserted_ids = {r["id"] for r in ordered}
+            await index_new_events(conn, ordered[0]["id"])
         else:
-            for part in chunks([r["id"] for r in event_rows]):
-                got = await conn.execute(sa.select(events.c.id).where(events.c.id.in_(part)))
-                inserted_ids.update(got.scalars())
+            # Another transaction may have stored a key meanwhile: RETURNING says which
+            # rows are ours.
+            got = await conn.execute(insert.returning(events.c.id), ordered)
+            inserted_ids = set(got.scalars())
     lost: list[int] = []
     all_docs = [d for r in event_rows if r["id"] in inserted_ids for d in doc_rows.get(r["id"], [])]
     if all_docs:
