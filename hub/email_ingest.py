@@ -4,7 +4,7 @@ For each folder of ``IMAP_MAILBOXES`` and the Sent folder (mail an agent sent fr
 another client shows as outbound), ``channels.email.mailsync.watch_folder`` syncs from
 a checkpoint kept in the database (first sync bounded by ``IMAP_SYNC_DAYS``, newest
 first), then waits with IDLE (or polls), reconnecting with backoff. Each fetched batch
-(up to 500 messages, fetched while the previous one is stored) is parsed
+(up to 250 messages, fetched while the previous one is stored) is parsed
 (``channels.email.parse``; big batches in worker processes, the parse being pure and
 CPU-bound), threaded against the stored thread keys with one query, and ingested with
 ``timeline.ingest.ingest_batch`` in ONE transaction with its threading decisions,
@@ -25,14 +25,14 @@ import functools
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import date, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from channels.email.imap import ImapClient, ImapConfig
+from channels.email.imap import FetchedMessage, ImapClient, ImapConfig
 from channels.email.mailsync import (
     FETCH_BATCH,
     Checkpoint,
@@ -126,12 +126,19 @@ class MailIngest:
             await mailstore.save_first_sync(conn, folder, state.uidvalidity, state.top, state.below)
 
     async def parse_batch(self, batch: FetchBatch) -> list[ParsedEmail]:
-        """Parse a batch; a big one in worker processes, in order. Never raises on mail."""
-        raws = [raw for _, raw in batch.messages]
+        """The batch parsed: started by :meth:`prepare` when it was fetched, else now."""
+        if batch.prepared is not None:
+            parsed: list[ParsedEmail] = await batch.prepared
+            return parsed
+        return await self.prepare(batch.folder, batch.messages)
+
+    async def prepare(self, folder: str, messages: Sequence[FetchedMessage]) -> list[ParsedEmail]:
+        """Parse messages; many in worker processes, in order. Never raises on bad mail."""
+        raws = [raw for _, raw in messages]
         parse = functools.partial(
             parse_messages,
             our_addresses=tuple(self.ours),
-            folder_is_sent=batch.folder == self.sent_folder,
+            folder_is_sent=folder == self.sent_folder,
         )
         if len(raws) < PARALLEL_FROM or self.parse_processes < 1:
             return parse(raws)
@@ -333,6 +340,7 @@ class MailIngest:
                             handle=self.handle,
                             since=self.since(),
                             batch_size=self.batch_size,
+                            prepare=self.prepare,
                         )
                     )
         finally:
@@ -360,6 +368,7 @@ class MailIngest:
                         stop=stop,
                         since=self.since(),
                         batch_size=self.batch_size,
+                        prepare=self.prepare,
                         on_sync=synced,
                     )
                     for folder in folders

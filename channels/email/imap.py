@@ -173,6 +173,30 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(ranges)
 
 
+class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
+    """aioimaplib's FETCH, with its "is this message's data complete" check kept up to
+    date line by line. aioimaplib 2.0 recomputes it over every line of the response so
+    far at each line (regex and join), which makes a FETCH of n messages cost O(n²):
+    0.9 ms of CPU per message at 250 messages per FETCH, more than parsing the mail.
+    Same rule: after the last ``n FETCH (`` line, parentheses of the non-literal lines
+    must balance.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open = 0
+        super().__init__(*args, **kwargs)
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        super().append_to_resp(line, result=result)
+        if isinstance(line, bytes):  # literal data comes as bytearray and is not counted
+            if self.FETCH_MESSAGE_DATA_RE.match(line):
+                self._open = 0
+            self._open += line.count(b"(") - line.count(b")")
+
+    def wait_data(self) -> bool:
+        return self._open != 0
+
+
 class ImapClient:
     """A logged-in IMAP connection; use :meth:`connect`, close with ``async with``."""
 
@@ -328,9 +352,16 @@ class ImapClient:
         """The raw bytes of ``uids`` (those that still exist), in the order asked."""
         if not uids:
             return []
-        response = await self._run(
-            "UID FETCH", self._imap.uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])")
+        protocol = self._imap.protocol
+        command = _FetchCommand(
+            protocol.new_tag(),
+            _uid_set(uids),
+            "(UID BODY.PEEK[])",
+            prefix="UID",
+            loop=protocol.loop,
+            timeout=self.config.timeout,
         )
+        response = await self._run("UID FETCH", protocol.execute(command))
         found: dict[int, bytes] = {}
         meta: bytes | None = None
         for line in response.lines[:-1]:
@@ -346,18 +377,23 @@ class ImapClient:
         return [FetchedMessage(uid, found[uid]) for uid in uids if uid in found]
 
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
-        """The size in bytes of each of ``uids`` that exists (``RFC822.SIZE``, one FETCH)."""
-        if not uids:
-            return {}
-        response = await self._run(
-            "UID FETCH", self._imap.uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)")
-        )
+        """The size in bytes of each of ``uids`` that exists (``RFC822.SIZE``).
+
+        Asked for 400 at a time: aioimaplib's parser recurses once per response line
+        of a read, and thousands of lines in one read would exceed the recursion limit.
+        """
         found: dict[int, int] = {}
-        for line in response.lines[:-1]:
-            text = bytes(line)
-            uid, size = _UID.search(text), _SIZE.search(text)
-            if uid is not None and size is not None:
-                found[int(uid.group(1))] = int(size.group(1))
+        ordered = sorted(uids)
+        for start in range(0, len(ordered), 400):
+            part = ordered[start : start + 400]
+            response = await self._run(
+                "UID FETCH", self._imap.uid("fetch", _uid_set(part), "(UID RFC822.SIZE)")
+            )
+            for line in response.lines[:-1]:
+                text = bytes(line)
+                uid, size = _UID.search(text), _SIZE.search(text)
+                if uid is not None and size is not None:
+                    found[int(uid.group(1))] = int(size.group(1))
         return found
 
     async def fetch_batches(

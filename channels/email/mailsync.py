@@ -38,6 +38,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import date
+from typing import Any
 
 from channels.email.backoff import Backoff, sleep_unless
 from channels.email.errors import ImapError
@@ -45,8 +46,10 @@ from channels.email.imap import FetchedMessage, ImapClient, ImapConfig
 
 log = logging.getLogger(__name__)
 
-#: Messages per UID FETCH (one round trip; the batch handled in one transaction).
-FETCH_BATCH = 500
+#: Messages per UID FETCH (one round trip; the batch handled in one transaction). More
+#: would risk aioimaplib 2.0's parser, which recurses once per response line of a read
+#: (up to 256 KiB): hundreds of tiny messages in one read exceed Python's recursion limit.
+FETCH_BATCH = 250
 #: Bytes per UID FETCH at most (by RFC822.SIZE), so big attachments make small batches.
 FETCH_BYTES = 32 * 2**20
 #: Batches fetched ahead of the one being handled.
@@ -93,6 +96,11 @@ class FetchBatch:
     #: Messages of this sync pass read so far (this batch included), and in all.
     done: int = 0
     total: int = 0
+    #: What ``prepare`` (of :func:`sync_folder`) made of the messages, started when they
+    #: arrived, while the batch before was being handled.
+    prepared: asyncio.Future[Any] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,6 +119,8 @@ LoadCheckpoint = Callable[[str], Awaitable[SyncState | None]]
 SaveCheckpoint = Callable[[str, SyncState], Awaitable[None]]
 Handle = Callable[[FetchBatch], Awaitable[None]]
 Connect = Callable[[ImapConfig], Awaitable[ImapClient]]
+Prepare = Callable[[str, tuple[FetchedMessage, ...]], Awaitable[Any]]
+Fetched = tuple[Sequence[int], tuple[FetchedMessage, ...], "asyncio.Future[Any] | None"]
 
 
 async def _plan(client: ImapClient, uids: Sequence[int], batch_size: int) -> list[Sequence[int]]:
@@ -133,17 +143,23 @@ async def _plan(client: ImapClient, uids: Sequence[int], batch_size: int) -> lis
 
 
 async def _prefetched(
-    client: ImapClient, batches: Sequence[Sequence[int]], ahead: int = PREFETCH
-) -> AsyncIterator[tuple[Sequence[int], list[FetchedMessage]]]:
-    """Each batch with its messages, the next ones fetched while the caller works."""
-    queue: asyncio.Queue[tuple[Sequence[int], list[FetchedMessage]] | BaseException] = (
-        asyncio.Queue(maxsize=max(ahead, 1))
-    )
+    client: ImapClient,
+    folder: str,
+    batches: Sequence[Sequence[int]],
+    prepare: Prepare | None,
+    ahead: int = PREFETCH,
+) -> AsyncIterator[Fetched]:
+    """Each batch with its messages, the next ones fetched (and prepared) meanwhile."""
+    queue: asyncio.Queue[Fetched | BaseException] = asyncio.Queue(maxsize=max(ahead, 1))
 
     async def produce() -> None:
         try:
             for uids in batches:
-                await queue.put((uids, await client.fetch(uids)))
+                messages = tuple(await client.fetch(uids))
+                prepared = None
+                if prepare is not None and messages:
+                    prepared = asyncio.ensure_future(prepare(folder, messages))
+                await queue.put((uids, messages, prepared))
         except Exception as exc:  # handed to the consumer, raised there
             await queue.put(exc)
 
@@ -158,6 +174,10 @@ async def _prefetched(
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producer
+        while not queue.empty():
+            left = queue.get_nowait()
+            if not isinstance(left, BaseException) and left[2] is not None:
+                left[2].cancel()
 
 
 async def sync_folder(
@@ -169,11 +189,14 @@ async def sync_folder(
     handle: Handle,
     since: date | None = None,
     batch_size: int = FETCH_BATCH,
+    prepare: Prepare | None = None,
 ) -> SyncResult:
     """Bring ``folder`` up to date once (see the module docstring; RFC 3501, RFC 4549).
 
     ``since`` bounds the first sync and a resync (IMAP SEARCH SINCE, a day). Errors of
     ``handle`` propagate; what the handled batches stored (with their states) stays.
+    ``prepare(folder, messages)`` (parsing, say) is started for each batch as soon as
+    it is fetched; ``handle`` finds it in ``FetchBatch.prepared``.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -184,7 +207,8 @@ async def sync_folder(
         uids = await client.uids_after(saved.last_uid)
         checkpoint = saved
         fetched = 0
-        async for chunk, messages in _prefetched(client, await _plan(client, uids, batch_size)):
+        planned = await _plan(client, uids, batch_size)
+        async for chunk, messages, prepared in _prefetched(client, folder, planned, prepare):
             fetched += len(messages)
             checkpoint = Checkpoint(validity, max(chunk))
             if messages:
@@ -192,10 +216,11 @@ async def sync_folder(
                     FetchBatch(
                         folder,
                         validity,
-                        tuple(messages),
+                        messages,
                         state=checkpoint,
                         done=fetched,
                         total=len(uids),
+                        prepared=prepared,
                     )
                 )
             else:
@@ -225,7 +250,7 @@ async def sync_folder(
     batches = await _plan(client, uids, batch_size)
     fetched = 0
     index = 0
-    async for chunk, messages in _prefetched(client, batches):
+    async for chunk, messages, prepared in _prefetched(client, folder, batches, prepare):
         index += 1
         fetched += len(messages)
         last = index == len(batches)
@@ -237,12 +262,13 @@ async def sync_folder(
                 FetchBatch(
                     folder,
                     validity,
-                    tuple(messages),
+                    messages,
                     initial=True,
                     resync=resync,
                     state=progress,
                     done=fetched,
                     total=len(uids),
+                    prepared=prepared,
                 )
             )
         else:
@@ -268,6 +294,7 @@ async def watch_folder(
     connect: Connect = ImapClient.connect,
     on_sync: Callable[[SyncResult], Awaitable[None]] | None = None,
     batch_size: int = FETCH_BATCH,
+    prepare: Prepare | None = None,
 ) -> None:
     """Follow ``folder`` until ``stop`` is set: sync, wait for mail (IDLE/poll), repeat.
 
@@ -290,6 +317,7 @@ async def watch_folder(
                         handle=handle,
                         since=since,
                         batch_size=batch_size,
+                        prepare=prepare,
                     )
                     if on_sync is not None:
                         await on_sync(result)
