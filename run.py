@@ -299,7 +299,7 @@ def _demo(args: argparse.Namespace) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    from hub.demo import OUR_NUMBER
+    from hub.demo import OUR_NUMBER, VOICE_CLIENTS
 
     sandbox_url = f"http://127.0.0.1:{args.port + 1}"
     settings = config.load(
@@ -311,6 +311,7 @@ def _demo(args: argparse.Namespace) -> None:
         twilio_account_sid="AC" + secrets.token_hex(16),
         twilio_auth_token=secrets.token_hex(16),
         twilio_numbers=(OUR_NUMBER,),
+        twilio_voice_clients=VOICE_CLIENTS,
         twilio_api_base=sandbox_url,
         twilio_sandbox=True,
         twilio_sms_rate=5.0,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from hub.auth import add_agent
+from hub.voice_outbound import set_phone
 from timeline import customers as customer_ops
 from timeline.db import Database
 from timeline.events import (
@@ -31,6 +32,10 @@ from timeline.ingest import ingest_batch
 
 OUR_NUMBER = "+14155550199"
 OUR_EMAIL = "support@commhub.example"
+#: Browser clients an incoming call rings (TWILIO_VOICE_CLIENTS of the demo): the agents'.
+VOICE_CLIENTS = ("agent", "supervisor")
+#: The demo agent's own phone, rung first by click-to-call (the sandbox answers it).
+AGENT_PHONE = "+14155550177"
 
 _FIRST = [
     "Ada",
@@ -104,7 +109,7 @@ async def seed(db: Database, files: FileStore, *, customers: int = 40) -> DemoLo
     rng = random.Random(20261123)
     password = secrets.token_urlsafe(9)  # printed by `demo`; a fresh one every time
     async with db.write() as conn:
-        _, token = await add_agent(
+        agent_id, token = await add_agent(
             conn,
             email="agent@demo.example",
             role="admin",
@@ -112,6 +117,7 @@ async def seed(db: Database, files: FileStore, *, customers: int = 40) -> DemoLo
             team="support",
             password=password,
         )
+        await set_phone(conn, agent_id, AGENT_PHONE, "US")
         await add_agent(
             conn,
             email="supervisor@demo.example",
@@ -196,7 +202,12 @@ def _history(rng: random.Random, n: int, cid: str, phone: str, email: str) -> li
                 sender=them,
                 recipient=me,
                 customer_id=cid,
-                data={"duration": 0 if missed else rng.randrange(30, 900), "missed": missed},
+                data={
+                    "duration": 0 if missed else rng.randrange(30, 900),
+                    "missed": missed,
+                    "answered": not missed,
+                    **({} if missed else {"answered_by": f"client:{rng.choice(VOICE_CLIENTS)}"}),
+                },
             )
         )
     subject = rng.choice(_SUBJECTS)
