@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from hub.auth import add_agent
 from hub.voice_outbound import set_phone
+from hub.voice_outbound import set_phone
 from timeline import customers as customer_ops
 from timeline.db import Database
 from timeline.events import (
@@ -32,6 +33,10 @@ from timeline.ingest import ingest_batch
 
 OUR_NUMBER = "+14155550199"
 OUR_EMAIL = "support@commhub.example"
+#: Browser clients an incoming call rings (TWILIO_VOICE_CLIENTS of the demo): the agents'.
+VOICE_CLIENTS = ("agent", "supervisor")
+#: The demo agent's own phone, rung first by click-to-call (the sandbox answers it).
+AGENT_PHONE = "+14155550177"
 #: Browser clients an incoming call rings (TWILIO_VOICE_CLIENTS of the demo): the agents'.
 VOICE_CLIENTS = ("agent", "supervisor")
 #: The demo agent's own phone, rung first by click-to-call (the sandbox answers it).
