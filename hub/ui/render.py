@@ -11,7 +11,7 @@ images), because a ``srcdoc`` document inherits the console's policy, which allo
 
 from __future__ import annotations
 
-import html as html_lib
+import functools
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,9 @@ def duration(seconds: Any) -> str:
     return f"{total // 60}:{total % 60:02d}"
 
 
+@functools.lru_cache(maxsize=64)
 def badge(channel: str) -> Markup:
-    """The channel's text badge."""
+    """The channel's text badge (made once per channel: a page shows dozens)."""
     label, css = BADGES.get(channel, (channel.title(), "badge-other"))
     return Markup('<span class="badge {}" title="{}">{}</span>').format(css, channel, label)
 
@@ -132,16 +133,11 @@ def recording_of(event: StoredEvent) -> bool:
     return isinstance(recording, dict) and recording.get("status") == "completed"
 
 
-def srcdoc(event: StoredEvent) -> str:
-    """The sanitized document of an email, escaped for the ``srcdoc`` attribute."""
-    doc, _ = email_document(event.html or "", remote_images=False)
-    return html_lib.escape(doc, quote=True)
-
-
-def remote_images_dropped(event: StoredEvent) -> int:
-    """How many remote images the safe view leaves out."""
-    _, dropped = sanitize_email(event.html or "", remote_images=False)
-    return dropped
+def safe_email(event: StoredEvent) -> tuple[str, int]:
+    """The sanitized document of an email (for the ``srcdoc`` attribute, which the
+    template's autoescaping quotes) and how many remote images it leaves out: one
+    sanitizer pass for both."""
+    return email_document(event.html or "", remote_images=False)
 
 
 def group_threads(items: list[StoredEvent]) -> list[tuple[StoredEvent, list[StoredEvent]]]:
@@ -178,7 +174,6 @@ def environment() -> jinja2.Environment:
         badge=badge,
         is_missed=is_missed,
         has_recording=recording_of,
-        srcdoc=srcdoc,
-        remote_images_dropped=remote_images_dropped,
+        safe_email=safe_email,
     )
     return env

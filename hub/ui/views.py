@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -50,24 +51,37 @@ def teams(session: Session) -> frozenset[str] | None:
     return team_scope(session.agent)
 
 
-async def active_pops(request: Request, session: Session) -> list[dict[str, Any]]:
+async def active_pops(
+    request: Request, session: Session, conn: AsyncConnection | None = None
+) -> list[dict[str, Any]]:
     """Screen pops of the calls ringing or in progress that the agent may see (rendered
-    on every page): calls of customers of other teams are left out."""
+    on every page): calls of customers of other teams are left out. In ``conn``'s
+    transaction when given (one transaction less for a page that reads anyway)."""
     from hub.voice_state import screen_pops
 
-    db = console_of(request).services.db
-    async with db.read() as conn:
-        rows = await call_ops.open_calls(conn, limit=200)
-        calls = [event for _, event in rows]
-        seen = await customer_ops.visible_ids(conn, [e.customer_id for e in calls], teams(session))
-        return await screen_pops(conn, [e for e in calls if e.customer_id in seen][:20])
+    if conn is None:
+        async with console_of(request).services.db.read() as own:
+            return await active_pops(request, session, own)
+    rows = await call_ops.open_calls(conn, limit=200)
+    if not rows:
+        return []
+    calls = [event for _, event in rows]
+    seen = await customer_ops.visible_ids(conn, [e.customer_id for e in calls], teams(session))
+    return await screen_pops(conn, [e for e in calls if e.customer_id in seen][:20])
 
 
 async def page(
-    request: Request, session: Session, name: str, status: int = 200, **context: Any
+    request: Request,
+    session: Session,
+    name: str,
+    status: int = 200,
+    *,
+    calls: list[dict[str, Any]] | None = None,
+    **context: Any,
 ) -> HTMLResponse:
-    """A full console page (with the active calls' banners)."""
-    calls = await active_pops(request, session)
+    """A full console page (with the active calls' banners, read here unless given)."""
+    if calls is None:
+        calls = await active_pops(request, session)
     return console_of(request).render(
         request, name, status=status, session=session, calls=calls, **context
     )
@@ -284,10 +298,12 @@ async def render_customer(request: Request, session: Session, **extra: Any) -> R
         docs = await document_ops.for_customer(conn, customer_id)
         merges = await merge_ops.history(conn, customer_id)
         default_channel = await _last_channel(conn, customer)
+        calls = await active_pops(request, session, conn)
     return await page(
         request,
         session,
         "customer.html",
+        calls=calls,
         customer=customer,
         groups=group_threads(items),
         next_url=_timeline_url(customer_id, channels, nxt) if nxt else None,

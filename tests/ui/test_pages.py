@@ -3,6 +3,7 @@ merge and undo, the composer's refusals, safe email, the sandbox page."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -175,7 +176,7 @@ async def test_email_html_is_sanitized_and_framed(console: httpx.AsyncClient) ->
     assert frame, page.text
     srcdoc = frame.group(1)
     assert "script" not in srcdoc and "onclick" not in srcdoc and "tracker.test" not in srcdoc
-    assert "default-src &#x27;none&#x27;; img-src data:" in srcdoc
+    assert "default-src 'none'; img-src data:" in html.unescape(srcdoc)
     assert "Show 1 remote image" in page.text
     body = await console.get(f"/ui/events/{event.id}/body")
     assert "tracker.test" in body.text and "<script" not in body.text
