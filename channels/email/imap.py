@@ -352,16 +352,7 @@ class ImapClient:
         """The raw bytes of ``uids`` (those that still exist), in the order asked."""
         if not uids:
             return []
-        protocol = self._imap.protocol
-        command = _FetchCommand(
-            protocol.new_tag(),
-            _uid_set(uids),
-            "(UID BODY.PEEK[])",
-            prefix="UID",
-            loop=protocol.loop,
-            timeout=self.config.timeout,
-        )
-        response = await self._run("UID FETCH", protocol.execute(command))
+        response = await self._uid_fetch(uids, "(UID BODY.PEEK[])")
         found: dict[int, bytes] = {}
         meta: bytes | None = None
         for line in response.lines[:-1]:
@@ -376,6 +367,19 @@ class ImapClient:
                 meta += b" " + bytes(line)
         return [FetchedMessage(uid, found[uid]) for uid in uids if uid in found]
 
+    async def _uid_fetch(self, uids: Sequence[int], items: str) -> Any:
+        """UID FETCH (RFC 3501 6.4.8) with the linear completeness check."""
+        protocol = self._imap.protocol
+        command = _FetchCommand(
+            protocol.new_tag(),
+            _uid_set(uids),
+            items,
+            prefix="UID",
+            loop=protocol.loop,
+            timeout=self.config.timeout,
+        )
+        return await self._run("UID FETCH", protocol.execute(command))
+
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """The size in bytes of each of ``uids`` that exists (``RFC822.SIZE``).
 
@@ -386,9 +390,7 @@ class ImapClient:
         ordered = sorted(uids)
         for start in range(0, len(ordered), 400):
             part = ordered[start : start + 400]
-            response = await self._run(
-                "UID FETCH", self._imap.uid("fetch", _uid_set(part), "(UID RFC822.SIZE)")
-            )
+            response = await self._uid_fetch(part, "(UID RFC822.SIZE)")
             for line in response.lines[:-1]:
                 text = bytes(line)
                 uid, size = _UID.search(text), _SIZE.search(text)
