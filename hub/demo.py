@@ -15,8 +15,8 @@ from datetime import timedelta
 
 from hub.auth import add_agent
 from hub.voice_outbound import set_phone
-from hub.voice_outbound import set_phone
 from timeline import customers as customer_ops
+from timeline import mailstore
 from timeline.db import Database
 from timeline.events import (
     Attachment,
@@ -33,10 +33,6 @@ from timeline.ingest import ingest_batch
 
 OUR_NUMBER = "+14155550199"
 OUR_EMAIL = "support@commhub.example"
-#: Browser clients an incoming call rings (TWILIO_VOICE_CLIENTS of the demo): the agents'.
-VOICE_CLIENTS = ("agent", "supervisor")
-#: The demo agent's own phone, rung first by click-to-call (the sandbox answers it).
-AGENT_PHONE = "+14155550177"
 #: Browser clients an incoming call rings (TWILIO_VOICE_CLIENTS of the demo): the agents'.
 VOICE_CLIENTS = ("agent", "supervisor")
 #: The demo agent's own phone, rung first by click-to-call (the sandbox answers it).
@@ -148,7 +144,36 @@ async def seed(db: Database, files: FileStore, *, customers: int = 40) -> DemoLo
             )
             batch += _history(rng, n, cid, phone, email)
         await ingest_batch(conn, batch, region="US", files=files)
+        for event in batch:
+            if event.kind == Kind.SYSTEM and event.status == "bounced" and event.recipient:
+                await mailstore.record_bounce(
+                    conn,
+                    event.recipient.value.lower(),
+                    hard=True,
+                    status="5.1.1",
+                    event_id=None,
+                    at=event.occurred_at,
+                )
     return DemoLogin("agent@demo.example", password, token)
+
+
+def _demo_dsn(n: int, email: str) -> dict[str, object]:
+    """A hard bounce as ``channels.email.dsn.DeliveryReport.as_data`` gives it."""
+    return {
+        "original_message_id": f"<demo-{n}-2@commhub.example>",
+        "reporting_mta": "mx.commhub.example",
+        "status": "5.1.1",
+        "hard": True,
+        "recipients": [
+            {
+                "address": email,
+                "action": "failed",
+                "status": "5.1.1",
+                "hard": True,
+                "diagnostic": "smtp; 550 5.1.1 user unknown",
+            }
+        ],
+    }
 
 
 def _history(rng: random.Random, n: int, cid: str, phone: str, email: str) -> list[Event]:
@@ -260,9 +285,33 @@ def _history(rng: random.Random, n: int, cid: str, phone: str, email: str) -> li
             sender=mail_us,
             recipient=mail_them,
             customer_id=cid,
-            data={"bounce": {"type": "hard", "status": "5.1.1"}} if bounced else {},
+            data={"dsn": _demo_dsn(n, email)} if bounced else {},
         )
     )
+    if bounced:
+        # As ingestion stores a delivery report (RFC 3464): a system event in the
+        # thread, never a customer's reply; the address is then refused (see seed).
+        out.append(
+            Event(
+                Channel.EMAIL,
+                Kind.SYSTEM,
+                Direction.INTERNAL,
+                t + timedelta(minutes=2),
+                external_id=f"<demo-{n}-dsn@mx.commhub.example>",
+                status="bounced",
+                subject="Undelivered Mail Returned to Sender",
+                text=f"<{email}>: host mx.example.com said: 550 5.1.1 user unknown",
+                thread_key=thread,
+                recipient=mail_them,
+                customer_id=cid,
+                data={
+                    "dsn": _demo_dsn(n, email),
+                    "from": ["mailer-daemon@mx.commhub.example"],
+                    "auto_submitted": True,
+                    "auto_submitted_reason": "delivery report",
+                },
+            )
+        )
     if rng.random() < 0.5:
         t += timedelta(hours=2)
         out.append(
