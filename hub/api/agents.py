@@ -140,7 +140,9 @@ async def change_my_password(ctx: Ctx) -> Response:
         await ctx.audit(db, "password.change.failed", detail={"agent": ctx.agent.id})
         if wait:
             return _throttled(wait)
-        raise ApiError(403, "wrong_password", "the current password is wrong") from None
+        raise ApiError(
+            422, "wrong_password", "the current password is wrong", field="current_password"
+        ) from None
     except passwords.PasswordError as exc:
         raise ApiError(422, "invalid_field", str(exc), field="new_password") from None
     return JSONResponse({"agent_id": changed.agent_id, "sessions_ended": changed.sessions_ended})
@@ -357,8 +359,11 @@ ENDPOINTS = [
             200: ("changed; every console session of mine has ended", PasswordChanged),
             400: ("malformed JSON", _ERR),
             401: ("no valid token", _ERR),
-            403: ("the current password is wrong", _ERR),
-            422: ("a new password too short or too long, or an invalid field", _ERR),
+            422: (
+                "the current password is wrong (`wrong_password`), a new password too short "
+                "or too long, or an invalid field",
+                _ERR,
+            ),
             429: ("too many wrong passwords: see Retry-After", _ERR),
         },
         body=PasswordChange,

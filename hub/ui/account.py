@@ -82,7 +82,7 @@ async def change_password(request: Request, session: Session) -> Response:
         if wait:
             refused = await _form(request, session, 429, error=throttle.retry_message(wait))
             return throttle.too_many(refused, wait)
-        return await _form(request, session, 403, error="The current password is wrong.")
+        return await _form(request, session, 422, error="The current password is wrong.")
     except passwords.PasswordError as exc:
         return await _form(request, session, 422, error=f"{str(exc).capitalize()}.")
     value = await c.sessions.create(session.agent.id)

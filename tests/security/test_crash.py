@@ -211,8 +211,13 @@ def test_writer_processes_never_see_a_locked_database_and_survive_kill_9(
     # kill -9 loops: writers die mid-transaction; the file stays sound.
     rng = random.Random(34)
     for round_ in range(1, 6):
+        before = len(_stored(tmp_path / "hub.db"))
         writers = _writers(url, round_, 10_000)
-        time.sleep(rng.uniform(1.0, 1.6))
+        # Kill once they are writing (however slowly the processes start), mid-stream.
+        deadline = time.monotonic() + 120
+        while len(_stored(tmp_path / "hub.db")) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
         for writer in writers:
             writer.send_signal(signal.SIGKILL)
         for writer in writers:

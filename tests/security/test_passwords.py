@@ -157,7 +157,7 @@ async def test_console_change_refusals(app: Starlette) -> None:
     async with client(app) as http:
         await log_in(http)
         wrong = await change_in_console(http, "not the password", NEW)
-        assert wrong.status_code == 403 and "current password is wrong" in wrong.text
+        assert wrong.status_code == 422 and "current password is wrong" in wrong.text
         short = await change_in_console(http, PASSWORD, "short")
         assert short.status_code == 422 and "at least 8" in short.text
         differ = await change_in_console(http, PASSWORD, NEW, confirm=NEW + "x")
@@ -185,7 +185,7 @@ async def test_api_change_needs_the_current_password_and_ends_console_sessions(
             json={"current_password": "nope", "new_password": NEW},
             headers=token,
         )
-        assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "wrong_password"
+        assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "wrong_password"
         assert (await browser.get("/ui/")).status_code == 200
         short = await api.post(
             "/api/v1/agents/me/password",
@@ -396,6 +396,6 @@ async def test_api_password_guesses_are_throttled(app: Starlette) -> None:
                 headers=token,
             )
             codes.append(answer.status_code)
-        assert codes == [403] * (throttle.ACCOUNT_LIMIT - 1) + [429, 429]
+        assert codes == [422] * (throttle.ACCOUNT_LIMIT - 1) + [429, 429]
         assert int(answer.headers["retry-after"]) > 0
         assert answer.json()["error"]["code"] == "too_many_attempts"
