@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: ``progress(folder, read so far, to read in this pass, stored new by this batch)``.
 Progress = Callable[[str, int, int, int], None]
 #: Batches at least this big are parsed in worker processes (when there are 2+ cores).
-PARALLEL_FROM = 100
+PARALLEL_FROM = 50
 
 #: Where mail without a usable From address is kept (RFC 2606 reserves ``.invalid``).
 UNKNOWN_SENDER = Identity(IdentityKind.EMAIL, "unknown-sender@commhub.invalid")

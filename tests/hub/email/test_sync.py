@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.email.mailsync import Checkpoint, FetchBatch, FirstSyncProgress, SyncState
 from channels.email.parse import ParsedEmail
-from hub.email_ingest import MailIngest
+from hub.email_ingest import PARALLEL_FROM, MailIngest
 from tests.hub.email.conftest import MailHub, mail, wait_for
 from timeline.ingest import IngestResult
 
@@ -209,3 +209,25 @@ async def test_the_checkpoint_commits_with_its_batch(mail_hub: MailHub) -> None:
     results = {r.folder: r for r in await mail_hub.sync(fresh)}
     assert (results["INBOX"].fetched, fresh.stored) == (55, 55)
     await _assert_each_once(mail_hub, 57)
+
+
+class PoolWatched(MailIngest):
+    """Counts the worker pools it stops."""
+
+    pools_stopped = 0
+
+    async def close(self) -> None:
+        self.pools_stopped += self._pool is not None
+        await super().close()
+
+
+async def test_a_big_first_sync_parses_in_worker_processes(mail_hub: MailHub) -> None:
+    # 110 messages in batches of 55: each batch is parsed in two worker processes
+    # while the one before is stored; order, threads and counts are as without them.
+    count = 2 * PARALLEL_FROM + 10
+    mail_hub.dovecot.append(*_messages(0, count))
+    ingest = PoolWatched(mail_hub.services, parse_processes=2, batch_size=count // 2)
+    results = {r.folder: r for r in await mail_hub.sync(ingest)}
+    assert ingest.pools_stopped == 1 and ingest._pool is None  # used, then stopped
+    assert (results["INBOX"].fetched, ingest.stored) == (count, count)
+    await _assert_each_once(mail_hub, count)
