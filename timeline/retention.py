@@ -69,7 +69,7 @@ async def purge_document_files(
             sa.select(documents.c.id, documents.c.sha256)
             .where(
                 documents.c.created_at < cutoff,
-                documents.c.purged_at.is_(None),
+                # Also a purged row a media fetch in flight gave a file again afterwards.
                 sa.or_(documents.c.sha256.is_not(None), documents.c.source_url.is_not(None)),
             )
             .order_by(documents.c.created_at, documents.c.id)
