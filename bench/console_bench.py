@@ -120,9 +120,16 @@ async def console_session(url: str) -> str:
 
 
 def measure(
-    url: str, data_dir: str, cookie: str, sample: list[str], requests: int, cpu_block: int
+    url: str,
+    data_dir: str,
+    cookie: str,
+    sample: list[str],
+    requests: int,
+    cpu_block: int,
+    busiest: str,
 ) -> tuple[dict[str, Latency], dict[str, int]]:
-    """Page, fragment and empty endpoint, interleaved; then CPU per request in blocks."""
+    """Page, fragment and empty endpoint, interleaved; then CPU per request in blocks;
+    then (shown, not judged) the page of the customer with the most events."""
     hub_args = ["hub", "--db-url", url, "--data-dir", data_dir]
     with server(hub_args) as (hub_port, hub_pid), server(["empty"]) as (empty_port, empty_pid):
         hub, empty = Client(hub_port, cookie), Client(empty_port, cookie)
@@ -165,6 +172,15 @@ def measure(
                 for i in range(cpu_block):
                     clients[name].get(paths[name][i % len(sample)])
                 cpu[name] = (cpu_seconds(pid) - before) / cpu_block
+            top: list[float] = []
+            before = cpu_seconds(hub_pid)
+            for _ in range(50):
+                t = time.perf_counter()
+                status, _ = hub.get(f"/ui/customers/{busiest}")
+                top.append(time.perf_counter() - t)
+                if status != 200:
+                    raise RuntimeError(f"the busiest customer's page answered {status}")
+            top_cpu = (cpu_seconds(hub_pid) - before) / 50
         finally:
             hub.close()
             empty.close()
@@ -173,7 +189,9 @@ def measure(
         "fragment": "timeline fragment (2nd page, cursor)",
         "empty": "empty endpoint (same uvicorn settings)",
     }
-    return {name: Latency.of(labels[name], s, cpu[name]) for name, s in samples.items()}, sizes
+    figures = {name: Latency.of(labels[name], s, cpu[name]) for name, s in samples.items()}
+    figures["busiest"] = Latency.of("360 page of the busiest customer (info)", top, top_cpu)
+    return figures, sizes
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -198,6 +216,8 @@ async def run(args: argparse.Namespace) -> int:
         gen.rng.shuffle(busy)
         sample = [c.id for c in busy[: args.customers_sampled]]
         say(f"  {len(busy):,} customers with >= {BUSY} events, {len(sample):,} of them sampled")
+        top = max(built, key=lambda c: c.events)
+        say(f"  the busiest customer has {top.events:,} events")
         cookie = await console_session(target.url)
         say(
             f"2. {args.requests:,} requests each, interleaved; then {args.cpu_block:,} of each "
@@ -210,6 +230,7 @@ async def run(args: argparse.Namespace) -> int:
             sample,
             args.requests,
             args.cpu_block,
+            top.id,
         )
     for latency in figures.values():
         say(latency.line())
