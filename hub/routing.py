@@ -70,8 +70,9 @@ class Endpoint:
     idempotent: bool = False
     tag: str = "customers"
     multipart: bool = False
-    #: A read-only operation: the token is checked in the read transaction the handler
-    #: then uses (``Ctx.reading``), one transaction per request instead of two.
+    #: A read-only operation: the token is checked on the connection the handler then
+    #: reads with (``Ctx.reading``, a ``db.read_statements()``): on SQLite the token, the
+    #: team check and a first timeline page cost three driver calls, no transaction.
     reads: bool = False
 
 
@@ -92,7 +93,7 @@ class Ctx:
         self.after_commit: list[AfterCommit] = []
 
     def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """The request's read transaction (``Endpoint.reads``), else a new ``db.read()``."""
+        """The request's read connection (``Endpoint.reads``), else a new ``db.read()``."""
         if self._conn is not None:
             return contextlib.nullcontext(self._conn)
         return self.services.db.read()
@@ -273,7 +274,7 @@ def to_route(
         try:
             if endpoint.reads and endpoint.role is not None:
                 try:
-                    async with services.db.read() as conn:
+                    async with services.db.read_statements() as conn:
                         agent = await services.authenticate(request, conn)
                         _require_role(agent, endpoint.role)
                         response = await endpoint.handler(Ctx(request, services, agent, conn))

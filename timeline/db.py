@@ -167,6 +167,19 @@ class Database:
             yield conn
 
     @contextlib.asynccontextmanager
+    async def read_statements(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that need no common snapshot (write nothing here).
+
+        Each :class:`DirectQuery` runs on its own and sees what was committed when it
+        started (PostgreSQL's READ COMMITTED, on SQLite too), with no BEGIN or COMMIT:
+        on SQLite that saves two trips to aiosqlite's thread. The first SQLAlchemy
+        statement begins a transaction as usual (``read()`` from there on); it is rolled
+        back when the block ends.
+        """
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed when the block ends, rolled back on error."""
         if self._write_lock is None:
