@@ -32,6 +32,7 @@ def routes() -> list[BaseRoute]:
         Route("/account/password", account.change_password, methods=["POST"]),
         Route("/search", views.search, methods=["GET"]),
         Route("/calls", views.calls_page, methods=["GET"]),
+        Route("/calls/{id}/recording", views.recording, methods=["GET"]),
         Route("/stream", live.stream, methods=["GET"]),
         Route("/customers/{id}", views.customer_page, methods=["GET"]),
         Route("/customers/{id}/timeline", views.timeline_page, methods=["GET"]),

@@ -19,11 +19,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from hub import audit, sessions, throttle
 from hub.auth import check_password, hash_password
 from hub.email_outbound import queue_email
+from hub.errors import ApiError
 from hub.routing import team_scope
 from hub.sessions import Session
 from hub.sms_outbound import Refused, queue_sms
 from hub.ui.guard import console, console_of, field, form_of, redirect, refused
-from hub.ui.render import EMAIL_CSP_IMAGES, email_document, group_threads
+from hub.ui.render import EMAIL_CSP_IMAGES, email_document, group_threads, recording_of
+from hub.voice_recording import stream_recording
 from timeline import calls as call_ops
 from timeline import customers as customer_ops
 from timeline import documents as document_ops
@@ -579,6 +581,36 @@ async def undo_merge(request: Request, session: Session) -> Response:
 
 
 # -- calls ---------------------------------------------------------------------------------
+
+
+@console
+async def recording(request: Request, session: Session) -> Response:
+    """A call's recording for the console's audio player (session cookie; the API's
+    ``/api/v1/calls/{id}/recording`` needs a bearer token an ``<audio>`` cannot send).
+
+    Same checks as the API: a call of a customer the agent may see, with a completed
+    recording, else 404; streamed from the provider with ``Range`` honoured.
+    """
+    c = console_of(request)
+    async with c.services.db.read() as conn:
+        try:
+            event = await store.get_event(conn, request.path_params["id"])
+        except TimelineError:
+            return refused(request, 404, "No such call.")
+        visible = await customer_ops.is_visible(conn, event.customer_id, teams(session))
+    if event.channel != Channel.VOICE.value or not visible or not recording_of(event):
+        return refused(request, 404, "No such recording.")
+    settings = c.services.settings
+    if not settings.channel_enabled("twilio"):
+        return refused(request, 502, "The twilio channel is not configured.")
+    try:
+        return await stream_recording(
+            settings,
+            str(event.data["recording"]["sid"]),
+            range_header=request.headers.get("range"),
+        )
+    except ApiError as exc:
+        return refused(request, exc.status, "The recording cannot be had from the provider.")
 
 
 @console

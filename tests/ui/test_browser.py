@@ -223,3 +223,35 @@ async def test_missing_csrf_token_is_refused_in_the_browser(
                 assert forged.status_code == 403
             await page.goto(f"{hub.url}/ui/customers/{hub.customer_id}")
             assert "forged" not in await page.inner_text("#timeline")
+
+
+async def test_a_recorded_call_plays_in_the_console(browser: Any, hub_factory: HubFactory) -> None:
+    async with hub_factory(
+        twilio_voice_clients=("alice",), twilio_voice_record=True, twilio_voice_timeout=15
+    ) as hub:
+        await hub.sandbox.call_hub(PHONE, OUR_NUMBER)
+        await hub.sandbox.settle()
+        async with new_page(browser, hub) as page:
+            await log_in(page, hub)
+            await page.wait_for_url(hub.url + "/ui/")
+            await page.goto(f"{hub.url}/ui/customers/{hub.customer_id}?channel=voice")
+            player = page.get_by_label("Recording of the call")
+            src = await player.get_attribute("src")
+            assert src is not None and src.startswith("/ui/calls/")  # the session's URL
+            # The browser's own request (session cookie, no token) gets the audio, which
+            # Chromium decodes: the player knows the recording's length.
+            await player.evaluate("a => { a.preload = 'auto'; a.load(); }")
+            await page.wait_for_function(
+                "() => document.querySelector('audio').duration > 0", timeout=5000
+            )
+            duration = await player.evaluate("a => a.duration")
+            (sid,) = hub.sandbox.voice.recordings
+            assert duration > 1, duration
+            answer = await page.evaluate(
+                "async (u) => { const r = await fetch(u, {headers: {Range: 'bytes=0-43'}});"
+                " return [r.status, r.headers.get('content-type'),"
+                " (await r.arrayBuffer()).byteLength]; }",
+                src,
+            )
+            assert answer == [206, "audio/x-wav", 44], answer
+            assert hub.sandbox.voice.audio[sid][:4] == b"RIFF"
