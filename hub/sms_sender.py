@@ -2,7 +2,8 @@
 
 Each round claims a batch of due rows, checks consent once more (it may have changed
 while the message waited), sends them concurrently, spacing each sending number to
-``TWILIO_SMS_RATE``, and records every outcome in one transaction. What each Twilio
+``TWILIO_SMS_RATE``, and records the outcomes in transactions of ``record_every`` while
+the rest of the round is still being sent (a round ends once all are recorded). What each Twilio
 error means (RELIABILITY.md, ``channels.twilio.errors.classify``):
 
 - 21610: the recipient opted out: failed, never retried, and the customer is opted out;
@@ -101,12 +102,14 @@ class SmsSender:
         *,
         batch: int = 200,
         concurrency: int = 32,
+        record_every: int = 50,
         worker_id: str | None = None,
     ) -> None:
         self.services = services
         self.client = client
         self.batch = batch
         self.concurrency = concurrency
+        self.record_every = record_every
         self.worker_id = worker_id or f"{socket.gethostname()}:{id(self):x}"
         self.spacer = Spacer(services.settings.twilio_sms_rate)
 
@@ -157,8 +160,28 @@ class SmsSender:
             async with gate:
                 return await self._send(item, customer_id)
 
-        results = await asyncio.gather(*(one(i) for i in items))
-        await self._record(results)
+        # Outcomes are recorded in chunks while the rest of the batch is still being sent,
+        # one transaction at a time, so the database work overlaps the network wait.
+        done: list[_Result] = []
+        recording: asyncio.Task[None] | None = None
+
+        async def sent(item: OutboxItem) -> None:
+            nonlocal recording
+            done.append(await one(item))
+            if len(done) >= self.record_every and (recording is None or recording.done()):
+                if recording is not None:
+                    await recording  # surfaces a failed chunk
+                chunk = done[:]
+                done.clear()
+                recording = asyncio.create_task(self._record(chunk))
+
+        try:
+            await asyncio.gather(*(sent(i) for i in items))
+        finally:
+            if recording is not None:
+                await recording
+            if done:
+                await self._record(done)
         return len(items)
 
     async def _send(self, item: OutboxItem, customer_id: str) -> _Result:
