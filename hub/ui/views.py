@@ -253,7 +253,14 @@ def _channels(request: Request) -> list[str]:
     return [c for c in raw.split(",") if c in _CHANNELS]
 
 
-async def _last_channel(conn: Any, customer: Customer) -> str:
+async def _last_channel(conn: Any, customer: Customer, newest: list[StoredEvent]) -> str:
+    """The channel the customer last used (SMS or email), for the composer's default.
+
+    ``newest`` is the first page of the unfiltered timeline: if it holds a message, that
+    answers without a query."""
+    for event in newest:
+        if event.channel in ("sms", "email") and event.kind == Kind.MESSAGE.value:
+            return event.channel
     last = (
         await conn.execute(
             sa.select(events.c.channel)
@@ -297,7 +304,7 @@ async def render_customer(request: Request, session: Session, **extra: Any) -> R
         items, nxt = await store.page(conn, customer_id, limit=PAGE, channels=channels)
         docs = await document_ops.for_customer(conn, customer_id)
         merges = await merge_ops.history(conn, customer_id)
-        default_channel = await _last_channel(conn, customer)
+        default_channel = await _last_channel(conn, customer, [] if channels else items)
         calls = await active_pops(request, session, conn)
     return await page(
         request,
