@@ -128,10 +128,25 @@ class DirectQuery:
         if not self.direct(conn):
             return list(await conn.execute(self.statement, values))
         sql, params = self.statement_for(conn.dialect, **values)
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+        driver = await _driver_connection(conn)
         if conn.dialect.name == "sqlite":
             return list(await driver.execute_fetchall(sql, params))
         return list(await driver.fetch(sql, *params))
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The aiosqlite or asyncpg connection under ``conn``.
+
+    Read from the sync connection when it is open (no greenlet switch, unlike
+    ``get_raw_connection``); a connection that must be revalidated first takes that way.
+    """
+    sync = conn.sync_connection
+    if sync is not None and not sync.invalidated and not sync.closed:
+        try:
+            return sync.connection.driver_connection
+        except sa.exc.MissingGreenlet:
+            pass
+    return (await conn.get_raw_connection()).driver_connection
 
 
 def _lower(value: object) -> object:
