@@ -80,9 +80,15 @@ class ThreadRef:
         material = normalized + "\x00" + "\x00".join(sorted(self.participants))
         return "subject:" + hashlib.sha256(material.encode("utf-8", "replace")).hexdigest()
 
-    def lookup_keys(self) -> tuple[str, ...]:
-        """Every key the store is asked about: own id, ancestors, subject key."""
+    def lookup_keys(self, *, subject_needs_reply_prefix: bool = True) -> tuple[str, ...]:
+        """Every key :func:`decide_thread` may need: own id, ancestors, subject key.
+
+        The subject key only where the fallback can apply: no ancestors (an ancestor
+        always decides) and, by default, a reply subject.
+        """
         keys = (self.message_id, *self.ancestors)
+        if len(keys) > 1 or (subject_needs_reply_prefix and not is_reply_subject(self.subject)):
+            return keys
         subject_key = self.subject_key
         return (*keys, subject_key) if subject_key else keys
 
@@ -135,7 +141,7 @@ async def assign_thread(
     ``lookup`` is a ``Mapping`` (tests, a cache) or an async callable that takes the keys
     and returns the known ones with their thread keys (one ``WHERE key IN (...)`` query).
     """
-    keys = ref.lookup_keys()
+    keys = ref.lookup_keys(subject_needs_reply_prefix=subject_needs_reply_prefix)
     if isinstance(lookup, Mapping):
         known: Mapping[str, str] = {k: lookup[k] for k in keys if k in lookup}
     else:

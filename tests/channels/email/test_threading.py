@@ -113,9 +113,15 @@ async def test_lookup_is_one_batch_and_a_mapping_works_too() -> None:
     ref = ThreadRef("<c@x>", ("<p@x>",), ("<r@x>", "<p@x>"), "Re: x", ALICE)
     await store.add(ref)
     assert len(store.queries) == 1
-    assert store.queries[0][:3] == ("<c@x>", "<r@x>", "<p@x>")
-    assert store.queries[0][3].startswith("subject:")
+    # With ancestors the subject cannot decide: it is not asked about.
+    assert store.queries[0] == ("<c@x>", "<r@x>", "<p@x>")
     assert (await assign_thread(ref, {"<p@x>": "<elsewhere@x>"})).key == "<elsewhere@x>"
+    # Without them it is, for a reply subject only (unless the prefix is not required).
+    lone = ThreadRef("<d@x>", subject="Re: x", participants=ALICE)
+    assert lone.lookup_keys()[1].startswith("subject:")
+    plain = ThreadRef("<e@x>", subject="x", participants=ALICE)
+    assert plain.lookup_keys() == ("<e@x>",)
+    assert plain.lookup_keys(subject_needs_reply_prefix=False)[1] == plain.subject_key
 
 
 def test_known_ids_are_never_reassigned() -> None:
