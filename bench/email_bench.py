@@ -391,7 +391,7 @@ async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
             setattr(Timed, name, meter.wrap(label, getattr(email_ingest.MailIngest, name)))
     Timed.handle = meter.wrap("handle", email_ingest.MailIngest.handle)  # type: ignore[method-assign]
     # Inside the steps (reported as "of which"): the thread-key statements.
-    mailstore = email_ingest.mailstore
+    from timeline import mailstore
     for name in ("known_threads", "remember_threads", "rename_thread"):
         setattr(mailstore, name, meter.wrap(f"of which {name}", getattr(mailstore, name)))
 
