@@ -37,7 +37,6 @@ https://www.twilio.com/docs/voice/twiml
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.requests import Request
@@ -107,6 +106,24 @@ def _urls(services: Services, event_id: str | None) -> dict[str, str]:
     }
 
 
+#: Stands for the call's event id in the routing TwiML made once per process.
+_EVENT_SLOT = "EVENTIDSLOT"
+
+
+def _route_twiml(request: Request, event_id: str) -> str:
+    """The routing TwiML of a stored call: the settings' document with its event id.
+
+    Built once (the SDK's ``VoiceResponse`` and five signed-URL helpers cost more than the
+    rest of the answer), then the id, hex digits, replaces the slot in every URL.
+    """
+    services = _services(request)
+    cached: tuple[object, str] | None = getattr(request.app.state, "voice_route_twiml", None)
+    if cached is None or cached[0] is not services.settings:
+        document = twiml.route_call(routing(services.settings), **_urls(services, _EVENT_SLOT))
+        cached = request.app.state.voice_route_twiml = (services.settings, document)
+    return cached[1].replace(_EVENT_SLOT, event_id)
+
+
 async def inbound_call(request: Request) -> Response:
     """An incoming call: store it, publish the screen pop, answer the routing TwiML."""
     services = _services(request)
@@ -131,27 +148,23 @@ async def inbound_call(request: Request) -> Response:
         async with services.db.read() as conn:
             stored = await store.find_event(conn, Channel.VOICE.value, sid)
         assert stored is not None
-    # The pop does not wait for the call's row; the answer does.
+    # The pop first (calls arriving together share its read), then the call's row (their
+    # rows share one transaction): the answer waits for both, the pop for neither.
     incoming = _incoming(request)
-    row = asyncio.ensure_future(
-        incoming.open_calls(
-            {
-                "call_sid": sid,
-                "event_id": stored.id,
-                "direction": Direction.INBOUND.value,
-                "state": "ringing",
-                "caller": stored.sender,
-                "callee": stored.recipient,
-                "at": stored.occurred_at,
-            }
-        )
+    services.publisher.publish("call", await incoming.pops(stored))
+    await incoming.open_calls(
+        {
+            "call_sid": sid,
+            "event_id": stored.id,
+            "direction": Direction.INBOUND.value,
+            "state": "ringing",
+            "caller": stored.sender,
+            "callee": stored.recipient,
+            "at": stored.occurred_at,
+        }
     )
-    try:
-        services.publisher.publish("call", await incoming.pops(stored))
-    finally:
-        await row
     log.info("incoming call %s: %s, event %s", sid, outcome.kind, stored.id)
-    return _twiml(twiml.route_call(routing(services.settings), **_urls(services, stored.id)))
+    return _twiml(_route_twiml(request, stored.id))
 
 
 async def call_status(request: Request) -> Response:

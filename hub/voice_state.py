@@ -132,10 +132,7 @@ async def screen_pops(conn: AsyncConnection, events: list[StoredEvent]) -> list[
     """:func:`screen_pop` of many calls, their customers read together."""
     ids = [e.customer_id for e in events]
     people = await calls.customers_many(conn, ids)
-    pages = {
-        customer_id: [e.to_json() for e in page]
-        for customer_id, page in (await calls.first_pages(conn, ids, limit=POP_PAGE)).items()
-    }
+    pages = await calls.first_pages_json(conn, ids, limit=POP_PAGE)
     return [
         {**call_json(e, people.get(e.customer_id)), "timeline": pages[e.customer_id]}
         for e in events

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import UTC, datetime, timedelta
 
 from hub.voice_state import Coalescer, screen_pop, screen_pops
 from tests.hub.voice.conftest import OUR_NUMBER, VoiceHub
 from timeline import calls, store
 from timeline import customers as customer_ops
+from timeline.events import Attachment, Channel, Direction, Event, Identity, IdentityKind, Kind
+from timeline.files import FileStore
+from timeline.ingest import ingest_batch
 
 
 async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
@@ -33,6 +37,7 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
         ids = [e.customer_id for e in known] + ["no-such-customer"]
         many = await calls.customers_many(conn, ids)
         pages = await calls.first_pages(conn, ids, limit=50)
+        as_json = await calls.first_pages_json(conn, ids, limit=50)
         for customer_id in ids[:-1]:
             one = await customer_ops.get(conn, customer_id)
             # Consent comes in no particular order from either.
@@ -40,7 +45,9 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
             assert dataclasses.replace(many[customer_id], consent=one.consent) == one
             page, _ = await store.page(conn, customer_id, limit=50)
             assert pages[customer_id] == page
+            assert as_json[customer_id] == [e.to_json() for e in page]
         assert "no-such-customer" not in many and pages["no-such-customer"] == []
+        assert as_json["no-such-customer"] == []
         assert len(pages[ann["id"]]) == 50
         assert many[bob["id"]].consent and many[bob["id"]].emails == ["bob@example.org"]
         together = await screen_pops(conn, known)
@@ -69,3 +76,39 @@ async def test_waiting_work_is_done_together_and_failures_reach_everyone() -> No
     outcomes = await asyncio.gather(*(failing(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert await coalesce(7) == 14  # a failure does not stick
+
+
+async def test_page_json_equals_the_event_json_for_every_shape(hub: VoiceHub) -> None:
+    """Attachments, empty and nested data, Unicode, whole and fractional seconds, HTML."""
+    customer = await hub.customer_with("+14155550184")
+    cid = customer["id"]
+    at = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
+    shapes = [
+        Event(
+            Channel.NOTE, Kind.NOTE, Direction.INTERNAL, at, text="whole second", customer_id=cid
+        ),
+        Event(
+            Channel.EMAIL,
+            Kind.MESSAGE,
+            Direction.INBOUND,
+            at + timedelta(microseconds=120),
+            external_id="<m1@example.org>",
+            status="received",
+            subject='Grüße \u2603 "quoted"',
+            text="line\nbreak",
+            html="<p>hi</p>",
+            thread_key="<m1@example.org>",
+            sender=Identity(IdentityKind.EMAIL, "ann@example.org"),
+            recipient=Identity(IdentityKind.EMAIL, "us@example.org"),
+            attachments=(Attachment("a.txt", "text/plain", content=b"hello"),),
+            data={"nested": {"list": [1, 2.5, None, True], "s": "x"}, "big": 2**53},
+            customer_id=cid,
+        ),
+    ]
+    async with hub.db.write() as conn:
+        await ingest_batch(conn, shapes, region="US", files=FileStore(hub.settings.data_dir))
+    async with hub.db.read() as conn:
+        page, _ = await store.page(conn, cid, limit=50)
+        as_json = await calls.first_pages_json(conn, [cid], limit=50)
+    assert len(page) == 2 and page[0].attachments
+    assert as_json[cid] == [e.to_json() for e in page]
