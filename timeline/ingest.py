@@ -295,7 +295,14 @@ async def ingest_batch(
             conn,
             {(batch[i].channel.value, batch[i].external_id) for i in updates + lost},  # type: ignore[misc]
         )
-        for i in sorted(updates + lost):
+
+        def lock_order(i: int) -> tuple[str, int]:
+            # Rows in id order (concurrent batches on PostgreSQL lock in one order), and
+            # the updates of one event in the order they came.
+            found = existing.get((batch[i].channel.value, batch[i].external_id or ""))
+            return (found["id"] if found else "", i)
+
+        for i in sorted(updates + lost, key=lock_order):
             ev = batch[i]
             stored = existing.get((ev.channel.value, ev.external_id or ""))
             if stored is None:

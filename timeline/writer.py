@@ -9,6 +9,13 @@ grow with load and a lone request is written at once.
 
 A batch that fails as a whole is retried one submission at a time, so one bad request
 cannot fail the others that shared its transaction.
+
+On PostgreSQL several batches are written at once (``concurrency``, 3 by default): each
+batch spends most of its time waiting for round trips, and the server runs concurrent
+transactions in parallel. Concurrent batches are safe: every insert is ``ON CONFLICT DO
+NOTHING`` with the winner read back, and rows are locked in key order (``ingest_batch``);
+a deadlock would still only fail that batch over to the one-by-one retry. SQLite has one
+writer at a time (``BEGIN IMMEDIATE``), so there it is one batch at a time.
 """
 
 from __future__ import annotations
@@ -41,33 +48,40 @@ class GroupWriter:
         files: FileStore | None = None,
         publisher: Publisher | None = None,
         max_batch: int = 1000,
+        concurrency: int | None = None,
     ) -> None:
         self.db = db
         self.region = region
         self.files = files
         self.publisher = publisher
         self.max_batch = max_batch
+        self.concurrency = 1 if db.is_sqlite else (concurrency or 3)
         self._queue: asyncio.Queue[_Submission | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
 
     def start(self) -> None:
-        """Start the writer task (idempotent)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="group-writer")
+        """Start the writer tasks (idempotent)."""
+        if not self._tasks or all(t.done() for t in self._tasks):
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"group-writer-{n}")
+                for n in range(self.concurrency)
+            ]
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
-        await self._queue.put(_STOP)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for _ in self._tasks:
+            await self._queue.put(_STOP)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
     async def submit(self, events: Sequence[Event]) -> list[Outcome]:
         """Ingest ``events``; returns their outcomes once they are committed."""
-        if self._task is None:
+        if not self._tasks:
             self.start()
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         await self._queue.put((events, future))
