@@ -37,7 +37,9 @@ https://www.twilio.com/docs/voice/twiml
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,6 +48,7 @@ from starlette.routing import Route
 from channels.twilio import twiml, voice
 from hub.services import Services
 from hub.twilio_webhooks import json_error, signed_payload
+from hub.voice_outbound import agent_phones
 from hub.voice_state import (
     WEBHOOK_AGENT,
     WEBHOOK_DEQUEUED,
@@ -110,18 +113,46 @@ def _urls(services: Services, event_id: str | None) -> dict[str, str]:
 _EVENT_SLOT = "EVENTIDSLOT"
 
 
-def _route_twiml(request: Request, event_id: str) -> str:
-    """The routing TwiML of a stored call: the settings' document with its event id.
+#: Seconds the agents' own phones are remembered for ringing (route ``numbers`` without
+#: ``TWILIO_VOICE_AGENT_NUMBERS``): a phone set or cleared rings within this time.
+AGENT_PHONES_TTL = 30.0
 
-    Built once (the SDK's ``VoiceResponse`` and five signed-URL helpers cost more than the
-    rest of the answer), then the id, hex digits, replaces the slot in every URL.
+
+async def _routing(request: Request) -> twiml.Routing:
+    """The settings' routing; route ``numbers`` without ``TWILIO_VOICE_AGENT_NUMBERS``
+    rings the agents' own phones (``agent add --phone``, ``PATCH /api/v1/agents/{id}``)."""
+    services = _services(request)
+    settings = services.settings
+    base = routing(settings)
+    if settings.twilio_voice_route != "numbers" or settings.twilio_voice_agent_numbers:
+        return base
+    now = time.monotonic()
+    cached: tuple[float, tuple[str, ...]] | None = getattr(
+        request.app.state, "voice_agent_phones", None
+    )
+    if cached is None or now - cached[0] > AGENT_PHONES_TTL:
+        async with services.db.read() as conn:
+            cached = request.app.state.voice_agent_phones = (now, await agent_phones(conn))
+    return dataclasses.replace(base, numbers=cached[1])
+
+
+async def _route_twiml(request: Request, event_id: str) -> str:
+    """The routing TwiML of a stored call: the routing's document with its event id.
+
+    Built once per routing (the SDK's ``VoiceResponse`` and five signed-URL helpers cost
+    more than the rest of the answer), then the id, hex digits, fills every URL's slot.
     """
     services = _services(request)
-    cached: tuple[object, str] | None = getattr(request.app.state, "voice_route_twiml", None)
-    if cached is None or cached[0] is not services.settings:
-        document = twiml.route_call(routing(services.settings), **_urls(services, _EVENT_SLOT))
-        cached = request.app.state.voice_route_twiml = (services.settings, document)
-    return cached[1].replace(_EVENT_SLOT, event_id)
+    plan = await _routing(request)
+    documents: dict[twiml.Routing, str] | None = getattr(
+        request.app.state, "voice_route_twiml", None
+    )
+    if documents is None or len(documents) > 64:
+        documents = request.app.state.voice_route_twiml = {}
+    document = documents.get(plan)
+    if document is None:
+        document = documents[plan] = twiml.route_call(plan, **_urls(services, _EVENT_SLOT))
+    return document.replace(_EVENT_SLOT, event_id)
 
 
 async def inbound_call(request: Request) -> Response:
@@ -142,7 +173,7 @@ async def inbound_call(request: Request) -> Response:
         services.publisher.publish(
             "call", anonymous_pop(sid, event.sender.value, event.recipient.value)
         )
-        return _twiml(twiml.route_call(routing(services.settings), **_urls(services, None)))
+        return _twiml(twiml.route_call(await _routing(request), **_urls(services, None)))
     stored = outcome.event
     if stored is None:  # Twilio asked again: the call is stored already
         async with services.db.read() as conn:
@@ -164,7 +195,7 @@ async def inbound_call(request: Request) -> Response:
         }
     )
     log.info("incoming call %s: %s, event %s", sid, outcome.kind, stored.id)
-    return _twiml(_route_twiml(request, stored.id))
+    return _twiml(await _route_twiml(request, stored.id))
 
 
 async def call_status(request: Request) -> Response:

@@ -71,6 +71,16 @@ async def agent_phone(conn: AsyncConnection, agent_id: str) -> str | None:
     return phone
 
 
+async def agent_phones(conn: AsyncConnection) -> tuple[str, ...]:
+    """The own phones of the agents who are not disabled, oldest agent first."""
+    rows = await conn.execute(
+        sa.select(agents.c.phone)
+        .where(agents.c.phone.is_not(None), agents.c.disabled_at.is_(None))
+        .order_by(agents.c.created_at, agents.c.id)
+    )
+    return tuple(dict.fromkeys(rows.scalars()))
+
+
 async def numbers_for(conn: AsyncConnection, settings: Settings, customer_id: str) -> Numbers:
     """The customer's phone they last called with (else their first), and our number
     they know from that call (else the first of ``TWILIO_NUMBERS``)."""

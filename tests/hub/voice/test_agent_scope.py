@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,18 @@ def test_agent_add_stores_the_agents_phone(tmp_path: Path) -> None:
     assert phone == "+14155550177"
     bad = ("agent", "add", "q@b.example", "--role", "agent", "--phone", "nope")
     assert_usage_error(run(tmp_path, *bad, HUB_DATABASE_URL=url), "phone")
+
+
+async def test_route_numbers_rings_the_agents_own_phones(start_hub: StartHub) -> None:
+    async with start_hub(twilio_voice_route="numbers", twilio_voice_agent_numbers=()) as hub:
+        agent_id = await _me(hub)
+        patched = await hub.api.patch(
+            f"/api/v1/agents/{agent_id}",
+            json={"phone": "(415) 555-0177"},
+            headers=_as(hub, "admin"),
+        )
+        assert patched.status_code == 200, patched.text
+        answer = await hub.post(VOICE, fixture_form("voice_inbound_call.txt"))
+        assert answer.status_code == 200, answer.text
+        numbers = [n.text for n in ET.fromstring(answer.text).findall("Dial/Number")]
+        assert numbers == ["+14155550177"]
