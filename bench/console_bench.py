@@ -71,12 +71,27 @@ class Client:
     """A minimal HTTP/1.1 keep-alive client on one socket: GET with a cookie, status, body."""
 
     def __init__(self, port: int, cookie: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = port
         self.cookie = cookie
+        self.sock = self._connect()
         self.buf = bytearray()
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
     def get(self, path: str) -> tuple[int, bytes]:
+        """One GET; a connection the server closed while idle (uvicorn's keep-alive
+        timeout is 5 s) is opened again once."""
+        try:
+            return self._get(path)
+        except (ConnectionError, OSError):
+            self.sock.close()
+            self.sock, self.buf = self._connect(), bytearray()
+            return self._get(path)
+
+    def _get(self, path: str) -> tuple[int, bytes]:
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {self.cookie}\r\n\r\n"
         self.sock.sendall(request.encode())
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
