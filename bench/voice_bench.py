@@ -22,8 +22,12 @@ In one run, on a fresh database migrated with ``timeline.migrate.upgrade``:
 
 Targets (printed with PASS/MISS, judged on SQLite): screen pop p99 < 50 ms, and
 <= 3 x the empty endpoint's round trip p99 under the same burst. The webhook's own round
-trip (answered after the pop is published) is shown too. Timings never go into tests;
-docs/performance-voice.md records runs.
+trip (answered after the pop is published) is shown too. Before serving, the CPU time
+per call of each stage of the webhook (parse, group writer, pop read, pop JSON, call rows)
+is measured in process on the same database (``stages``). ``--role`` picks who streams:
+an agent (team-scoped, as agents are: the stream checks each customer's team) or a
+supervisor (no check). ``COMMHUB_BENCH_PROFILE=file`` writes a cProfile of the server's
+event loop. Timings never go into tests; docs/performance.md records runs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import platform
@@ -62,11 +67,15 @@ from bench.timeline_bench import (
     throwaway_database,
     versions,
 )
+from channels.twilio import voice
 from channels.twilio.forms import encode_form
 from channels.twilio.signature import SIGNATURE_HEADER, sign
 from hub.auth import add_agent
+from hub.voice_state import screen_pops
 from timeline import migrate
+from timeline.calls import open_many
 from timeline.db import Database
+from timeline.writer import GroupWriter
 
 ACCOUNT_SID = "AC" + "b3" * 16
 AUTH_TOKEN = "bench-voice-token"
@@ -396,6 +405,71 @@ async def measure(
     }, per_request
 
 
+STAGES = ("parse", "ingest (group writer)", "pop read", "pop JSON (SSE)", "call rows")
+
+
+async def stages(
+    url: str, gen: Generator, built: Sequence[BuiltCustomer], calls: int, rounds: int = 20
+) -> dict[str, float]:
+    """In-process CPU seconds per call of each stage of an incoming call, ``calls`` at once.
+
+    The same functions the webhook runs, without HTTP: ``parse_inbound_call``; the group
+    writer (one submission per call, all at once); ``screen_pops`` of the stored calls in
+    one read; ``json.dumps`` of each pop as the stream does; ``open_many`` of their rows.
+    ``time.process_time`` counts every thread (aiosqlite's too). Two rounds warm up.
+    """
+    db = Database.from_url(url)
+    writer = GroupWriter(db, region="US")
+    totals = dict.fromkeys(STAGES, 0.0)
+    try:
+        for round_no in range(rounds + 2):
+            forms = [
+                inbound_form("CA" + secrets.token_hex(16), caller)
+                for caller in callers(gen, built, calls)
+            ]
+            took: list[float] = []
+            t = time.process_time()
+            submitted = [voice.parse_inbound_call(form)[0] for form in forms]
+            took.append(time.process_time() - t)
+            t = time.process_time()
+            outcomes = await asyncio.gather(*(writer.submit([e]) for e in submitted))
+            stored = [o[0].event for o in outcomes if o[0].event is not None]
+            took.append(time.process_time() - t)
+            t = time.process_time()
+            async with db.read() as conn:
+                pops = await screen_pops(conn, stored)
+            took.append(time.process_time() - t)
+            t = time.process_time()
+            for pop in pops:
+                json.dumps(pop, separators=(",", ":"))
+            took.append(time.process_time() - t)
+            t = time.process_time()
+            async with db.write() as conn:
+                await open_many(
+                    conn,
+                    [
+                        {
+                            "call_sid": e.external_id,
+                            "event_id": e.id,
+                            "direction": "inbound",
+                            "state": "ringing",
+                            "caller": e.sender,
+                            "callee": e.recipient,
+                            "at": e.occurred_at,
+                        }
+                        for e in stored
+                    ],
+                )
+            took.append(time.process_time() - t)
+            if round_no >= 2:
+                for name, seconds in zip(STAGES, took, strict=True):
+                    totals[name] += seconds / calls
+    finally:
+        await writer.stop()
+        await db.dispose()
+    return {name: seconds / rounds for name, seconds in totals.items()}
+
+
 async def run(args: argparse.Namespace) -> int:
     gen = Generator()
     say(
@@ -419,6 +493,13 @@ async def run(args: argparse.Namespace) -> int:
                 _, token = await add_agent(conn, email="bench@commhub.example", role=args.role)
         finally:
             await db.dispose()
+        say(f"  CPU per call by stage, in process, {args.calls} at once x 20 rounds ({load()}):")
+        by_stage = await stages(target.url, gen, built, args.calls)
+        say(
+            "    "
+            + ", ".join(f"{name} {seconds * 1000:.3f} ms" for name, seconds in by_stage.items())
+            + f"; sum {sum(by_stage.values()) * 1000:.3f} ms"
+        )
         gc.collect()
         gc.freeze()
         say(f"2. serve the hub and the empty endpoint on one uvicorn ({load()})")
