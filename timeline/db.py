@@ -24,6 +24,8 @@ from sqlalchemy.pool import PoolResetState
 from sqlalchemy.util import await_only
 
 _IMMEDIATE = "commhub_immediate"
+#: In ``Connection.info`` while a deferred BEGIN waits for the first statement (SQLite).
+_BEGIN_PENDING = "commhub_begin_pending"
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -64,14 +66,31 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN"
+        if not conn.get_execution_options().get(_IMMEDIATE):
+            # A deferred BEGIN takes no lock and no snapshot until the first statement
+            # reads, so it is sent with that statement: by _before_execute, or by a
+            # DirectQuery in the same trip to aiosqlite's thread as its SELECT.
+            conn.info[_BEGIN_PENDING] = True
+            return
         # Straight to aiosqlite: one trip to its thread (exec_driver_sql takes three:
         # cursor, execute, close). The statement has no result to close.
         driver: Any = conn.connection.driver_connection
-        await_only(driver.execute(sql))
+        await_only(driver.execute("BEGIN IMMEDIATE"))
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before_execute(conn: sa.Connection, *_args: Any) -> None:
+        if conn.info.pop(_BEGIN_PENDING, False):
+            driver: Any = conn.connection.driver_connection
+            await_only(driver.execute("BEGIN"))
+
+    @event.listens_for(engine.sync_engine, "commit")
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _on_end(conn: sa.Connection) -> None:
+        conn.info.pop(_BEGIN_PENDING, None)
 
     @event.listens_for(engine.sync_engine.pool, "reset")
-    def _on_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+    def _on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+        record.info.pop(_BEGIN_PENDING, None)
         # read()/write() end their transactions, and Connection.close() rolls back one
         # left open; roll back only what is still open (a connection checked in by
         # other means). https://docs.sqlalchemy.org/en/20/core/pooling.html#custom-reset
@@ -129,9 +148,27 @@ class DirectQuery:
             return list(await conn.execute(self.statement, values))
         sql, params = self.statement_for(conn.dialect, **values)
         driver = await _driver_connection(conn)
-        if conn.dialect.name == "sqlite":
-            return list(await driver.execute_fetchall(sql, params))
-        return list(await driver.fetch(sql, *params))
+        if conn.dialect.name != "sqlite":
+            return list(await driver.fetch(sql, *params))
+        info = conn.sync_connection.info if conn.sync_connection is not None else {}
+        if info.pop(_BEGIN_PENDING, False):
+            # BEGIN and the SELECT in one trip to aiosqlite's thread. aiosqlite has no
+            # public call for that: _execute(fn) is how its own methods reach the thread
+            # (SQLAlchemy's adapter reaches further in); without it, two trips.
+            run = getattr(driver, "_execute", None)
+            if run is None:
+                await driver.execute("BEGIN")
+            else:
+                return list(await run(_begin_and_fetch, driver, sql, params))
+        return list(await driver.execute_fetchall(sql, params))
+
+
+def _begin_and_fetch(driver: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    """In aiosqlite's thread: BEGIN, then the rows of ``sql``."""
+    connection = driver._conn  # the sqlite3 connection, used only in aiosqlite's thread
+    connection.execute("BEGIN")
+    rows: list[Any] = connection.execute(sql, params).fetchall()
+    return rows
 
 
 async def _driver_connection(conn: AsyncConnection) -> Any:

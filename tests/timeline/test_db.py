@@ -1,0 +1,113 @@
+"""``timeline.db``: transactions on SQLite with a deferred BEGIN, and DirectQuery.
+
+On SQLite ``read()`` sends its BEGIN with the first statement (in the same trip to
+aiosqlite's thread when that statement is a DirectQuery); the block must still read one
+snapshot, and writes must still be atomic and roll back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline import customers as customer_ops
+from timeline import migrate, store
+from timeline.db import Database, DirectQuery
+from timeline.ingest import ingest_batch
+from timeline.schema import customers
+
+from .conftest import REGION, note
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path}/hub.db")
+    await migrate.upgrade(db)
+    yield db
+    await db.dispose()
+
+
+_NAMES = DirectQuery(
+    sa.select(customers.c.name).where(customers.c.id == sa.bindparam("id", "")).limit(1)
+)
+
+
+async def _rename(db: Database, customer_id: str, name: str) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            customers.update().where(customers.c.id == customer_id).values(name=name)
+        )
+
+
+async def _by_direct_query(conn: AsyncConnection, customer_id: str) -> str:
+    rows = await _NAMES.rows(conn, id=customer_id)
+    return str(rows[0][0])
+
+
+async def _by_sqlalchemy(conn: AsyncConnection, customer_id: str) -> str:
+    query = sa.select(customers.c.name).where(customers.c.id == customer_id)
+    return str((await conn.execute(query)).scalar_one())
+
+
+async def _in_transaction(conn: AsyncConnection) -> bool:
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    return bool(driver.in_transaction)
+
+
+Reader = Callable[[AsyncConnection, str], Awaitable[str]]
+
+
+@pytest.mark.parametrize("first", [_by_direct_query, _by_sqlalchemy])
+async def test_a_read_block_is_one_snapshot_on_sqlite(sqlite_db: Database, first: Reader) -> None:
+    async with sqlite_db.write() as conn:
+        customer_id = await customer_ops.create(conn, name="before")
+    async with sqlite_db.read() as conn:
+        assert await first(conn, customer_id) == "before"
+        await _rename(sqlite_db, customer_id, "after")  # committed meanwhile elsewhere
+        assert await _by_direct_query(conn, customer_id) == "before"
+        assert await _by_sqlalchemy(conn, customer_id) == "before"
+    async with sqlite_db.read() as conn:
+        assert await _by_direct_query(conn, customer_id) == "after"
+
+
+async def test_read_statements_see_each_commit(sqlite_db: Database) -> None:
+    async with sqlite_db.write() as conn:
+        customer_id = await customer_ops.create(conn, name="before")
+    async with sqlite_db.read_statements() as conn:
+        assert await _by_direct_query(conn, customer_id) == "before"
+        await _rename(sqlite_db, customer_id, "after")
+        assert await _by_direct_query(conn, customer_id) == "after"
+
+
+async def test_writes_roll_back_and_leave_no_transaction_open(sqlite_db: Database) -> None:
+    async with sqlite_db.write() as conn:
+        customer_id = await customer_ops.create(conn, name="kept")
+    with pytest.raises(RuntimeError):
+        async with sqlite_db.write() as conn:
+            await conn.execute(
+                customers.update().where(customers.c.id == customer_id).values(name="lost")
+            )
+            raise RuntimeError("boom")
+    # Reads that fail half-way leave nothing open either.
+    with pytest.raises(RuntimeError):
+        async with sqlite_db.read() as conn:
+            await _by_direct_query(conn, customer_id)
+            raise RuntimeError("boom")
+    for _ in range(3):  # every pooled connection is usable and sees the committed name
+        async with sqlite_db.read() as conn:
+            assert await _by_sqlalchemy(conn, customer_id) == "kept"
+            assert await _in_transaction(conn)
+        async with sqlite_db.read_statements() as conn:
+            assert await _by_direct_query(conn, customer_id) == "kept"
+            assert not await _in_transaction(conn)
+    async with sqlite_db.write() as conn:
+        await store.page(conn, customer_id)  # a DirectQuery inside BEGIN IMMEDIATE
+        await ingest_batch(conn, [note(customer_id, "x")], region=REGION)
+    async with sqlite_db.read() as conn:
+        items, _ = await store.page(conn, customer_id)
+    assert [e.text for e in items] == ["x"]
