@@ -392,6 +392,7 @@ async def phase_sync(args: argparse.Namespace) -> dict[str, Any]:
     Timed.handle = meter.wrap("handle", email_ingest.MailIngest.handle)  # type: ignore[method-assign]
     # Inside the steps (reported as "of which"): the thread-key statements.
     from timeline import mailstore
+
     for name in ("known_threads", "remember_threads", "rename_thread"):
         setattr(mailstore, name, meter.wrap(f"of which {name}", getattr(mailstore, name)))
 
