@@ -161,10 +161,14 @@ class MailIngest:
         return [item for part in done for item in part]
 
     async def close(self) -> None:
-        """Stop the parsing processes (they start again when a big batch comes)."""
+        """Stop the parsing processes (they start again when a big batch comes).
+
+        Work already handed to them finishes (another folder's watcher may be waiting
+        for it); a parse started after this gets a new pool.
+        """
         pool, self._pool = self._pool, None
         if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+            await asyncio.to_thread(pool.shutdown, wait=True)
 
     async def handle(self, batch: FetchBatch) -> None:
         """Parse, thread and ingest one batch and store its sync state: one transaction."""
