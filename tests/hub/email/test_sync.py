@@ -18,6 +18,7 @@ from collections import Counter
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from channels.email.imap import FetchedMessage
 from channels.email.mailsync import Checkpoint, FetchBatch, FirstSyncProgress, SyncState
 from channels.email.parse import ParsedEmail
 from hub.email_ingest import PARALLEL_FROM, MailIngest
@@ -231,3 +232,20 @@ async def test_a_big_first_sync_parses_in_worker_processes(mail_hub: MailHub) ->
     assert ingest.pools_stopped == 1 and ingest._pool is None  # used, then stopped
     assert (results["INBOX"].fetched, ingest.stored) == (count, count)
     await _assert_each_once(mail_hub, count)
+
+
+async def test_stopping_the_parsing_processes_lets_a_parse_in_flight_finish(
+    mail_hub: MailHub,
+) -> None:
+    # Folders are watched side by side: one folder's first sync ending stops the pool
+    # while another folder's batch may be in it.
+    ingest = mail_hub.ingest(parse_processes=1)
+    fetched = [FetchedMessage(n, raw) for n, raw in enumerate(_messages(0, PARALLEL_FROM), 1)]
+    parsing = [asyncio.create_task(ingest.prepare(f, fetched)) for f in ("INBOX", "Other")]
+    await asyncio.sleep(0)  # both batches handed to the pool, more than it runs at once
+    assert ingest._pool is not None
+    await ingest.close()
+    for parsed in await asyncio.gather(*parsing):
+        assert [p.message_id for p in parsed] == [
+            f"<m{n}@example.org>" for n in range(PARALLEL_FROM)
+        ]
