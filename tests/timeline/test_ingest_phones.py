@@ -1,0 +1,57 @@
+"""Phone validation on the ingest path agrees with libphonenumber's ``is_valid_number``.
+
+``timeline.identity`` skips libphonenumber's second pass when the main region of a shared
+country code (+1's US, +7's RU, +44's GB...) already matches; the answer must stay the
+library's for every number, valid or not, in every region sharing a code.
+"""
+
+from __future__ import annotations
+
+import random
+
+import phonenumbers
+import pytest
+
+from timeline.errors import InvalidIdentity
+from timeline.identity import _is_valid, normalize_phone
+
+SHARED_CODES = ["1", "7", "44", "39", "47", "61", "212", "262", "290", "358", "590", "599"]
+
+
+def _numbers() -> list[str]:
+    rng = random.Random(1604)
+    numbers = [
+        "+14155550100",  # US
+        "+16135550123",  # CA
+        "+18765550123",  # JM (shares +1, not the main region)
+        "+12425550123",  # BS
+        "+15555550100",  # not a valid US number
+        "+74951234567",  # RU
+        "+77012345678",  # KZ (shares +7)
+        "+447911123456",  # GB
+        "+447624123456",  # IM (shares +44)
+        "+33612345678",  # FR (one region)
+    ]
+    for code in SHARED_CODES:
+        for _ in range(300):
+            length = rng.randint(6, 11)
+            numbers.append("+" + code + "".join(rng.choice("0123456789") for _ in range(length)))
+    return numbers
+
+
+@pytest.mark.parametrize("region", ["US", "GB"])
+def test_validity_is_libphonenumbers(region: str) -> None:
+    valid = 0
+    for raw in _numbers():
+        number = phonenumbers.parse(raw, region)
+        expected = phonenumbers.is_valid_number(number)
+        assert _is_valid(number) == expected, raw
+        valid += expected
+        if expected:
+            assert normalize_phone(raw, region) == phonenumbers.format_number(
+                number, phonenumbers.PhoneNumberFormat.E164
+            )
+        else:
+            with pytest.raises(InvalidIdentity):
+                normalize_phone(raw, region)
+    assert valid > 100  # the sample holds both kinds
