@@ -94,7 +94,13 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # read()/write() end their transactions, and Connection.close() rolls back one
         # left open; roll back only what is still open (a connection checked in by
         # other means). https://docs.sqlalchemy.org/en/20/core/pooling.html#custom-reset
-        if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+        if state.terminate_only or not state.asyncio_safe:
+            return  # the connection is being discarded, or cannot be awaited here
+        try:
+            open_transaction = dbapi_connection.driver_connection.in_transaction
+        except ValueError:  # aiosqlite: the connection is already closed
+            return
+        if open_transaction:
             dbapi_connection.rollback()
 
 
