@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from timeline import sqlite_direct
 from timeline.errors import Conflict, InvalidIdentity, NotFound
 from timeline.events import Identity, IdentityKind, utcnow
 from timeline.ids import new_id
@@ -160,7 +161,19 @@ async def _lookup(
         by_kind.setdefault(identity.kind, []).append(identity.value)
     for kind, values in by_kind.items():
         for part in chunks(values):
-            rows = await conn.execute(_OWNERS, {"kind": kind.value, "values": part})
+            direct = await sqlite_direct.rows(
+                conn,
+                sqlite_direct.in_list(
+                    "SELECT value, customer_id FROM identities WHERE kind = ? AND value IN",
+                    len(part),
+                ),
+                (kind.value, *part),
+            )
+            rows = (
+                direct
+                if direct is not None
+                else await conn.execute(_OWNERS, {"kind": kind.value, "values": part})
+            )
             for value, customer_id in rows:
                 found[Identity(kind, value)] = customer_id
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline import consent
+from timeline import consent, sqlite_direct
 from timeline import customers as customer_ops
 from timeline.db import Database
 from timeline.errors import InvalidIdentity
@@ -118,7 +118,7 @@ def _attachment_rows(
     return summaries, rows
 
 
-_EXISTING = sa.select(events.c.id, events.c.external_id, events.c.status, events.c.data).where(
+_EXISTING = sa.select(events.c.id, events.c.external_id).where(
     events.c.channel == sa.bindparam("channel"),
     events.c.external_id.in_(sa.bindparam("external_ids", expanding=True)),
 )
@@ -133,9 +133,21 @@ async def _existing(
         by_channel.setdefault(channel, []).append(external_id)
     for channel, ids in by_channel.items():
         for part in chunks(ids):
+            direct = await sqlite_direct.rows(
+                conn,
+                sqlite_direct.in_list(
+                    "SELECT id, external_id FROM events WHERE channel = ? AND external_id IN",
+                    len(part),
+                ),
+                (channel, *part),
+            )
+            if direct is not None:
+                for event_id, external_id in direct:
+                    found[(channel, external_id)] = {"id": event_id}
+                continue
             rows = await conn.execute(_EXISTING, {"channel": channel, "external_ids": part})
             for row in rows.mappings():
-                found[(channel, row["external_id"])] = dict(row)
+                found[(channel, row["external_id"])] = {"id": row["id"]}
     return found
 
 

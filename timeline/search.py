@@ -18,6 +18,7 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from timeline import sqlite_direct
 from timeline.schema import events
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -48,10 +49,10 @@ def matching_customer_ids(dialect: str, q: str) -> sa.Select[tuple[str]]:
     return sa.select(events.c.customer_id).where(event_matches(dialect, q))
 
 
-_INDEX_FROM = sa.text(
+_INDEX_FROM_SQL = (
     "INSERT INTO events_fts(rowid, subject, text) "
     "SELECT rowid, subject, text FROM events "
-    "WHERE rowid >= (SELECT rowid FROM events WHERE id = :first) ORDER BY rowid"
+    "WHERE rowid >= (SELECT rowid FROM events WHERE id = ?) ORDER BY rowid"
 )
 _INDEX_ONE = sa.text(
     "INSERT INTO events_fts(rowid, subject, text) "
@@ -72,8 +73,10 @@ async def index_new_events(conn: AsyncConnection, first_id: str) -> None:
     not be indexed twice). PostgreSQL needs nothing (its ``tsvector`` is generated).
     https://sqlite.org/fts5.html#external_content_tables
     """
-    if conn.dialect.name == "sqlite":
-        await conn.execute(_INDEX_FROM, {"first": first_id})
+    if conn.dialect.name != "sqlite":
+        return
+    if await sqlite_direct.rows(conn, _INDEX_FROM_SQL, (first_id,)) is None:
+        await conn.exec_driver_sql(_INDEX_FROM_SQL, (first_id,))
 
 
 async def index_event(conn: AsyncConnection, event_id: str) -> None:
