@@ -65,6 +65,7 @@ async def test_play_a_customer_text_call_and_read_the_reply(browser: Any, tmp_pa
             await customer.get_by_label("Message", exact=True).fill("Is my order ready?")
             await customer.get_by_role("button", name="Send SMS").click()
             await customer.locator("#sms-result", has_text="Sent to the hub.").wait_for()
+            assert await customer.get_by_label("Message", exact=True).input_value() == ""
             inbound = agent.locator("#timeline > li.event", has_text="Is my order ready?")
             await inbound.wait_for()
             assert "inbound" in await inbound.inner_text()

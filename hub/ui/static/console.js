@@ -88,7 +88,7 @@
 
   document.addEventListener("htmx:afterRequest", function (e) {
     var form = e.target;
-    if (form && form.id === "composer" && e.detail.successful &&
+    if (form && (form.id === "composer" || form.id === "sandbox-sms") && e.detail.successful &&
         e.detail.xhr.responseText.indexOf("composer-error") < 0) {
       var text = form.querySelector("textarea");
       if (text) { text.value = ""; }
