@@ -90,6 +90,12 @@ async def find(conn: AsyncConnection, identity: Identity) -> str | None:
     return result.scalar_one_or_none()
 
 
+_INSERT_CUSTOMERS = sqlite_direct.Insert(customers)
+_CLAIM_IDENTITIES = sqlite_direct.Insert(
+    identities, "ON CONFLICT (kind, value) DO NOTHING RETURNING kind, value, customer_id"
+)
+
+
 async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identity, str]:
     """Customer ids for normalized identities, creating a customer for each unknown one."""
     # A fixed order of inserts keeps concurrent batches from deadlocking on PostgreSQL.
@@ -103,39 +109,43 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
         return found
     now = utcnow()
     made = {identity: new_id() for identity in missing}
-    await conn.execute(
-        customers.insert(),
-        [
-            {
-                "id": cid,
-                "name": None,
-                "timezone": None,
-                "attributes": {},
-                "created_at": now,
-                "updated_at": now,
-                "merged_into": None,
-                "erased_at": None,
-            }
-            for cid in made.values()
-        ],
-    )
+    customer_rows: list[dict[str, Any]] = [
+        {
+            "id": cid,
+            "name": None,
+            "timezone": None,
+            "attributes": {},
+            "created_at": now,
+            "updated_at": now,
+            "merged_into": None,
+            "erased_at": None,
+        }
+        for cid in made.values()
+    ]
+    if await _INSERT_CUSTOMERS.many(conn, customer_rows) is None:
+        await conn.execute(customers.insert(), customer_rows)
+    identity_rows = [
+        {
+            "id": new_id(),
+            "customer_id": cid,
+            "kind": identity.kind.value,
+            "value": identity.value,
+            "created_at": now,
+        }
+        for identity, cid in made.items()
+    ]
     # RETURNING names the identities this insert claimed; only those another transaction
     # took meanwhile (rare) need a second look.
-    claimed = await conn.execute(
-        insert_ignoring(conn, identities, ["kind", "value"]).returning(
-            identities.c.kind, identities.c.value, identities.c.customer_id
-        ),
-        [
-            {
-                "id": new_id(),
-                "customer_id": cid,
-                "kind": identity.kind.value,
-                "value": identity.value,
-                "created_at": now,
-            }
-            for identity, cid in made.items()
-        ],
-    )
+    claimed = await _CLAIM_IDENTITIES.returning(conn, identity_rows)
+    if claimed is None:
+        claimed = list(
+            await conn.execute(
+                insert_ignoring(conn, identities, ["kind", "value"]).returning(
+                    identities.c.kind, identities.c.value, identities.c.customer_id
+                ),
+                identity_rows,
+            )
+        )
     for kind, value, customer_id in claimed:
         found[Identity(IdentityKind(kind), value)] = customer_id
     raced = [i for i in missing if i not in found]

@@ -124,6 +124,9 @@ _EXISTING = sa.select(events.c.id, events.c.external_id).where(
 )
 
 
+_INSERT_EVENTS = sqlite_direct.Insert(events, "ON CONFLICT (channel, external_id) DO NOTHING")
+
+
 async def _existing(
     conn: AsyncConnection, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -271,8 +274,10 @@ async def ingest_batch(
         if conn.dialect.name == "sqlite":
             # Writers are serialized (BEGIN IMMEDIATE) and the keys we hold were filtered
             # out above under that lock: every row goes in, in this order.
-            result = await conn.execute(insert, ordered)
-            if result.rowcount != len(ordered):
+            count = await _INSERT_EVENTS.many(conn, ordered)
+            if count is None:
+                count = (await conn.execute(insert, ordered)).rowcount
+            if count != len(ordered):
                 raise RuntimeError("events insert conflicted under the write lock")
             inserted_ids = {r["id"] for r in ordered}
             await index_new_events(conn, ordered[0]["id"])

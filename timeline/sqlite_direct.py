@@ -19,14 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-async def rows(conn: AsyncConnection, sql: str, params: Sequence[Any]) -> list[Any] | None:
-    """The rows of ``sql`` in ``conn``'s transaction, in one trip; None if not possible.
-
-    Only for aiosqlite, and only once a transaction is open on the driver connection
-    (``db.write()`` sends ``BEGIN IMMEDIATE`` at once): a statement sent before a
-    deferred BEGIN would run outside the transaction. On None the caller runs its
-    SQLAlchemy statement instead. Errors are the driver's (``sqlite3`` exceptions).
-    """
+def _driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under ``conn`` if it is in an open transaction, else None."""
     if (conn.dialect.name, conn.dialect.driver) != ("sqlite", "aiosqlite"):
         return None
     sync = conn.sync_connection
@@ -38,7 +32,85 @@ async def rows(conn: AsyncConnection, sql: str, params: Sequence[Any]) -> list[A
         return None
     if driver is None or not driver.in_transaction:
         return None
+    return driver
+
+
+async def rows(conn: AsyncConnection, sql: str, params: Sequence[Any]) -> list[Any] | None:
+    """The rows of ``sql`` in ``conn``'s transaction, in one trip; None if not possible.
+
+    Only for aiosqlite, and only once a transaction is open on the driver connection
+    (``db.write()`` sends ``BEGIN IMMEDIATE`` at once): a statement sent before a
+    deferred BEGIN would run outside the transaction. On None the caller runs its
+    SQLAlchemy statement instead. Errors are the driver's (``sqlite3`` exceptions).
+    """
+    driver = _driver(conn)
+    if driver is None:
+        return None
     return list(await driver.execute_fetchall(sql, tuple(params)))
+
+
+class Insert:
+    """A table's INSERT compiled by SQLAlchemy once, sent by the driver in one trip.
+
+    Values go through each column's own bind processor (``TypeEngine.bind_processor``
+    of the dialect's implementation: UTC timestamps, JSON), so rows are stored exactly
+    as ``conn.execute(table.insert(), rows)`` stores them. Every row must give every
+    column of the table. ``suffix`` is appended to the statement (``ON CONFLICT ...``,
+    ``RETURNING ...``).
+    """
+
+    def __init__(self, table: sa.Table, suffix: str = "") -> None:
+        self.table = table
+        self.suffix = suffix
+        self._ready: tuple[str, str, list[Any]] | None = None
+
+    def _prepare(self, dialect: sa.Dialect) -> tuple[str, str, list[Any]]:
+        if self._ready is None:
+            compiled = self.table.insert().compile(dialect=dialect)
+            head, _, values = str(compiled).partition(" VALUES ")
+            processors = [
+                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                for name in compiled.positiontup or ()
+            ]
+            self._ready = (
+                head,
+                values,
+                list(zip(compiled.positiontup or (), processors, strict=True)),
+            )
+        return self._ready
+
+    def _params(self, dialect: sa.Dialect, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        columns = self._prepare(dialect)[2]
+        return [
+            tuple(row[name] if process is None else process(row[name]) for name, process in columns)
+            for row in rows
+        ]
+
+    async def many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int | None:
+        """``executemany`` of ``rows``: the rows changed, or None (use SQLAlchemy)."""
+        driver = _driver(conn)
+        if driver is None:
+            return None
+        head, values, _ = self._prepare(conn.dialect)
+        sql = f"{head} VALUES {values} {self.suffix}".rstrip()
+        cursor = await driver.executemany(sql, self._params(conn.dialect, rows))
+        return int(cursor.rowcount)
+
+    async def returning(
+        self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]
+    ) -> list[Any] | None:
+        """One multi-row INSERT per 500 rows with ``suffix`` (its RETURNING rows), or None."""
+        driver = _driver(conn)
+        if driver is None:
+            return None
+        head, values, _ = self._prepare(conn.dialect)
+        found: list[Any] = []
+        for start in range(0, len(rows), 500):
+            part = rows[start : start + 500]
+            sql = f"{head} VALUES {', '.join([values] * len(part))} {self.suffix}"
+            params = [v for row in self._params(conn.dialect, part) for v in row]
+            found += await driver.execute_fetchall(sql, params)
+        return found
 
 
 def in_list(sql: str, n: int) -> str:

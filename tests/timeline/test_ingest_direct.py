@@ -1,0 +1,80 @@
+"""The SQLite write path's one-trip statements store exactly what SQLAlchemy stores.
+
+``timeline.sqlite_direct.Insert`` converts values with the columns' own bind processors;
+a row written that way must be byte-for-byte the row ``conn.execute(table.insert())``
+writes (timestamps in UTC, JSON text, NULLs). Outside an open SQLite transaction, and on
+PostgreSQL, it declines (None) and the caller uses SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from timeline import sqlite_direct
+from timeline.db import Database
+from timeline.ingest import ingest
+from timeline.schema import customers, events
+from timeline.store import get_event
+
+from .conftest import REGION, T0, sms_in
+
+WHEN = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=-7)))
+
+
+def _customer(customer_id: str) -> dict[str, Any]:
+    return {
+        "id": customer_id,
+        "name": None,
+        "timezone": None,
+        "attributes": {"list": [1, "é"], "none": None},
+        "created_at": WHEN,
+        "updated_at": WHEN,
+        "merged_into": None,
+        "erased_at": None,
+    }
+
+
+async def test_direct_insert_stores_what_sqlalchemy_stores(db: Database) -> None:
+    insert = sqlite_direct.Insert(customers)
+    async with db.write() as conn:
+        await conn.execute(customers.insert(), [_customer("a" * 32)])
+        count = await insert.many(conn, [_customer("b" * 32)])
+        if count is None:
+            assert not db.is_sqlite
+            await conn.execute(customers.insert(), [_customer("b" * 32)])
+        else:
+            assert db.is_sqlite and count == 1
+    async with db.read() as conn:
+        raw = (
+            await conn.execute(
+                sa.select(
+                    sa.cast(customers.c.attributes, sa.Text),
+                    sa.cast(customers.c.created_at, sa.Text),
+                    sa.cast(customers.c.updated_at, sa.Text),
+                    customers.c.name,
+                    customers.c.erased_at,
+                ).order_by(customers.c.id)
+            )
+        ).all()
+    assert raw[0] == raw[1]
+
+
+async def test_outside_a_write_transaction_it_declines(db: Database) -> None:
+    async with db.read() as conn:
+        # A read's BEGIN is deferred on SQLite: nothing may run before it.
+        assert await sqlite_direct.rows(conn, "SELECT 1", ()) is None
+        assert await sqlite_direct.Insert(events).many(conn, []) is None
+
+
+async def test_ingested_rows_read_back_typed(db: Database) -> None:
+    result = await ingest(db, [sms_in("+14155550100", at=WHEN, text="hé")], region=REGION)
+    stored = result.outcomes[0].event
+    assert stored is not None
+    async with db.read() as conn:
+        again = await get_event(conn, stored.id)
+    assert again == stored
+    assert again.occurred_at == WHEN and again.occurred_at.utcoffset() == timedelta(0)
+    assert again.occurred_at > T0
