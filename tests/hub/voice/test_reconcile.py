@@ -108,3 +108,21 @@ async def test_forward_only_and_unknown_calls(hub: VoiceHub) -> None:
     assert event["status"] == "completed"
     assert event["data"]["answered"] is True and event["data"]["missed"] is False
     assert (event["data"]["duration"], event["data"]["talk_seconds"]) == (75, 61)
+
+
+async def test_a_caller_who_hung_up_unheard_is_settled(hub: VoiceHub) -> None:
+    # Nobody answers, the caller hangs up at the voicemail beep, and the number's
+    # final status callback is lost: only Twilio knows the call ended.
+    hub.sandbox.voice.drop_statuses.add("completed")
+    result = await hub.sandbox.call_hub("+14155550170", OUR_NUMBER, answer=False)
+    await hub.sandbox.settle()
+    (stuck,) = await _active(hub)
+    assert stuck["external_id"] == result.sid
+    assert hub.sandbox.calls[result.sid]["status"] == "completed"
+
+    outcome = await _reconcile(hub)
+    assert outcome.changed == 1 and outcome.unknown == 0
+    assert await _active(hub) == []
+    (event,) = await hub.timeline(stuck["customer"]["id"])
+    assert (event["status"], event["data"]["missed"]) == ("completed", True)
+    assert event["data"]["answered"] is False
