@@ -9,7 +9,7 @@ worked off over several runs without holding the database:
   documents ``purged_at`` (the row is the tombstone); a file still used by a kept
   document (same content) stays.
 - ``HUB_RETENTION_RECORDINGS_DAYS``: recordings of older calls are deleted at the
-  provider (``DELETE .../Recordings/{sid}.json``,
+  provider (``TwilioClient.delete_recording``: ``DELETE .../Recordings/{sid}.json``,
   https://www.twilio.com/docs/voice/api/recording#delete-a-recording-resource; 204, or
   404 if already gone), then the call's event keeps only a marker. A recording the
   provider did not delete stays referenced and is tried again next run. Without Twilio
@@ -27,10 +27,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import datetime, timedelta
-from urllib.parse import quote
 
-import httpx
-
+from channels.twilio.client import TwilioClient
+from channels.twilio.errors import ApiError
 from hub import audit
 from hub.services import Services
 from timeline import retention
@@ -82,40 +81,21 @@ async def _files(services: Services, cutoff: datetime, now: datetime, report: Re
             return
 
 
-def recording_resource_url(api_base: str, account_sid: str, recording_sid: str) -> str:
-    """The Recording resource (JSON) on ``TWILIO_API_BASE``."""
-    return (
-        f"{api_base.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
-        f"/Recordings/{quote(recording_sid, safe='')}.json"
-    )
-
-
 async def _recordings(services: Services, cutoff: datetime, now: datetime, report: Report) -> None:
     settings = services.settings
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         log.warning("recording retention is set but Twilio is not: recordings left alone")
         return
     after = ""
-    async with httpx.AsyncClient(
-        auth=(settings.twilio_account_sid, settings.twilio_auth_token),
-        timeout=httpx.Timeout(30.0, connect=10.0),
-    ) as client:
+    async with TwilioClient.from_settings(settings) as twilio:
         for _ in range(MAX_BATCHES):
             async with services.db.read() as conn:
                 due = await retention.due_recordings(conn, cutoff, BATCH, after=after)
             for item in due:
-                url = recording_resource_url(
-                    settings.twilio_api_base, settings.twilio_account_sid, item.sid
-                )
                 try:
-                    answer = await client.delete(url)
-                    status = answer.status_code
-                except httpx.HTTPError as exc:
-                    log.warning("recording %s: provider unreachable (%s)", item.sid, exc)
-                    status = 0
-                if status not in (204, 404):
-                    if status:
-                        log.warning("recording %s: provider answered %d", item.sid, status)
+                    await twilio.delete_recording(item.sid)  # 404 (already gone) included
+                except ApiError as exc:
+                    log.warning("recording %s not deleted by the provider: %s", item.sid, exc)
                     report.recordings_failed += 1
                     continue
                 async with services.db.write() as conn:

@@ -11,6 +11,8 @@ inside a running event loop, so the SDK client is built on first use, not in
 Sending is not idempotent at Twilio: after an :class:`~channels.twilio.errors.ApiError`
 whose ``outcome`` is ``UNKNOWN``, look the message up (:meth:`TwilioClient.list_messages`
 by sender, recipient and time) before sending again.
+
+:meth:`TwilioClient.delete_recording` deletes a call recording (the retention job).
 """
 
 from __future__ import annotations
@@ -317,3 +319,19 @@ class TwilioClient:
         """
         instance = await self._do(lambda c: c.calls(sid).fetch_async())
         return _call(instance)
+
+    async def delete_recording(self, recording_sid: str) -> None:
+        """Delete a call Recording and its media at Twilio (204).
+
+        Idempotent: a recording Twilio does not know (404, already deleted) counts as
+        deleted. Any other refusal or no answer raises :class:`ApiError`.
+        https://www.twilio.com/docs/voice/api/recording#delete-a-recording-resource
+        """
+        try:
+            await self._do(lambda c: c.recordings(recording_sid).delete_async())
+        except ApiError as exc:
+            if exc.http_status != 404:
+                raise
+            _log.info("twilio recording %s was already deleted", recording_sid)
+            return
+        _log.info("twilio recording deleted sid=%s", recording_sid)

@@ -1,6 +1,7 @@
 """Retention (HUB_RETENTION_*): the worker job deletes what is past its time, in batches,
-leaving markers; real files on disk, SQLite and PostgreSQL, the Twilio sandbox for
-recordings. Nothing is mocked; times are moved by writing old timestamps to the rows."""
+leaving markers; real files on disk, SQLite and PostgreSQL, the Twilio sandbox (DELETE
+of recordings through the official SDK) for recordings. Nothing is mocked; times are
+moved by writing old timestamps to the rows."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
+from channels.twilio.client import TwilioClient
 from hub import retention
 from hub.services import Services
 from hub.workers import JOBS
@@ -237,30 +240,103 @@ async def test_recordings_without_twilio_are_left_alone(hub: Hub) -> None:
     assert data["recording"]["sid"] == recording["sid"] and data["recording"]["deleted_at"]
 
 
+async def recorded_call(hub: VoiceHub, customer_id: str, age: timedelta) -> dict[str, Any]:
+    """A customer's call through the sandbox, recorded, its event ``age`` old."""
+    result = await hub.sandbox.call_hub("+14155550150", OUR_NUMBER)
+    for _ in range(50):
+        await hub.sandbox.settle()
+        calls = [e for e in await hub.timeline(customer_id) if e["external_id"] == result.sid]
+        if calls and calls[0]["data"].get("recording", {}).get("status") == "completed":
+            break
+    (call,) = calls
+    assert call["data"]["recording"]["sid"] in hub.sandbox.voice.recordings
+    async with hub.db.write() as conn:
+        await conn.execute(
+            events.update().where(events.c.id == call["id"]).values(occurred_at=utcnow() - age)
+        )
+    return call
+
+
+async def call_event(hub: VoiceHub, customer_id: str, event_id: str) -> dict[str, Any]:
+    (event,) = [e for e in await hub.timeline(customer_id) if e["id"] == event_id]
+    return event
+
+
+async def test_old_recordings_are_deleted_at_the_provider_and_leave_a_marker(
+    voice_hub: VoiceHub,  # noqa: F811
+) -> None:
+    hub = voice_hub
+    customer = await hub.customer_with("+14155550150")
+    old = await recorded_call(hub, customer["id"], OLD)
+    gone = await recorded_call(hub, customer["id"], OLD)
+    fresh = await recorded_call(hub, customer["id"], timedelta(days=2))
+    old_sid, gone_sid, fresh_sid = (c["data"]["recording"]["sid"] for c in (old, gone, fresh))
+    media = f"{hub.settings.twilio_api_base}/2010-04-01/Accounts/{hub.settings.twilio_account_sid}"
+    auth = (hub.settings.twilio_account_sid, hub.settings.twilio_auth_token)
+    # One of them was already deleted at the provider (by hand in Twilio's console): 404.
+    async with TwilioClient.from_settings(hub.settings) as twilio:
+        await twilio.delete_recording(gone_sid)
+    assert gone_sid not in hub.sandbox.voice.recordings
+
+    services = with_retention(hub.app.state.services, recordings=30)
+    report = await retention.apply(services)
+    assert report.recordings_deleted == 2 and report.recordings_failed == 0
+
+    # At the provider: the old recording and its media are gone, the fresh one is kept.
+    assert set(hub.sandbox.voice.recordings) == {fresh_sid}
+    async with httpx.AsyncClient(auth=auth) as http:
+        for sid in (old_sid, gone_sid):
+            assert (await http.get(f"{media}/Recordings/{sid}.wav")).status_code == 404
+            assert (await http.get(f"{media}/Recordings/{sid}.json")).status_code == 404
+        assert (await http.get(f"{media}/Recordings/{fresh_sid}.wav")).status_code == 200
+
+    # In the hub: the marker, and playback answers 404 no_recording (docs/voice.md).
+    for call, sid in ((old, old_sid), (gone, gone_sid)):
+        after = await call_event(hub, customer["id"], call["id"])
+        marker = after["data"]["recording"]
+        assert marker == {"sid": sid, "status": "deleted", "deleted_at": marker["deleted_at"]}
+        played = await hub.api.get(call["data"]["recording"]["url"])
+        assert played.status_code == 404 and played.json()["error"]["code"] == "no_recording"
+    kept = await call_event(hub, customer["id"], fresh["id"])
+    assert kept["data"]["recording"] == fresh["data"]["recording"]
+    audio = await hub.api.get(kept["data"]["recording"]["url"])
+    assert audio.status_code == 200 and audio.content == hub.sandbox.voice.audio[fresh_sid]
+
+    async with hub.db.read() as conn:
+        (record,) = (
+            await conn.execute(
+                sa.select(audit_log).where(audit_log.c.action == "retention.applied")
+            )
+        ).mappings()
+    assert record["detail"]["recordings_deleted"] == 2
+    # A second run finds nothing to do and asks the provider nothing.
+    before = len(hub.sandbox.voice.recordings)
+    assert not (await retention.apply(services)).changed()
+    assert len(hub.sandbox.voice.recordings) == before
+
+
 async def test_a_recording_the_provider_does_not_delete_stays_referenced(
     voice_hub: VoiceHub,  # noqa: F811
 ) -> None:
     hub = voice_hub
     customer = await hub.customer_with("+14155550150")
-    await hub.sandbox.call_hub("+14155550150", OUR_NUMBER)
-    await hub.sandbox.settle()
-    (recording_sid,) = hub.sandbox.voice.recordings
-    for _ in range(50):
-        calls = [e for e in await hub.timeline(customer["id"]) if e["channel"] == "voice"]
-        if calls and calls[0]["data"].get("recording", {}).get("status") == "completed":
-            break
-        await hub.sandbox.settle()
-    (call,) = calls
-    async with hub.db.write() as conn:
-        await conn.execute(
-            events.update().where(events.c.id == call["id"]).values(occurred_at=utcnow() - OLD)
-        )
+    call = await recorded_call(hub, customer["id"], OLD)
+    recording_sid = call["data"]["recording"]["sid"]
     services = with_retention(hub.app.state.services, recordings=30)
-    report = await retention.apply(services)
-    # The sandbox has no DELETE for recordings (405): the hub keeps its reference and
-    # plays the recording as before, to try again next run.
+    # The provider refuses the DELETE (here: 401 for a revoked auth token; a 5xx or no
+    # answer goes the same way): the hub keeps its reference and plays the recording as
+    # before, to try again next run.
+    refused = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, twilio_auth_token="revoked")
+    )
+    report = await retention.apply(refused)
     assert report.recordings_failed == 1 and report.recordings_deleted == 0
-    (after,) = [e for e in await hub.timeline(customer["id"]) if e["channel"] == "voice"]
+    assert recording_sid in hub.sandbox.voice.recordings
+    after = await call_event(hub, customer["id"], call["id"])
     assert after["data"]["recording"] == call["data"]["recording"]
     audio = await hub.api.get(after["data"]["recording"]["url"])
     assert audio.status_code == 200 and audio.content == hub.sandbox.voice.audio[recording_sid]
+    # The next run, with working credentials, deletes it.
+    report = await retention.apply(services)
+    assert report.recordings_deleted == 1 and report.recordings_failed == 0
+    assert recording_sid not in hub.sandbox.voice.recordings

@@ -47,6 +47,7 @@ from starlette.routing import Route
 from channels.twilio.forms import encode_form
 from channels.twilio.sandbox.recordings import (
     audio_response,
+    delete_recording,
     recording_form,
     recording_resource,
     transcription_form,
@@ -168,6 +169,7 @@ class Voice:
         """The Recording media and resource routes, and ``POST /sandbox/calls``."""
         return [
             Route(f"{prefix}/Recordings/{{name}}", self._get_recording, methods=["GET"]),
+            Route(f"{prefix}/Recordings/{{name}}", delete_recording, methods=["DELETE"]),
             Route("/sandbox/calls", self._post_call, methods=["POST"]),
         ]
 

@@ -5,8 +5,9 @@ https://www.twilio.com/docs/voice/api/recording. A recording is a short generate
 its Twilio URL ``{base}/2010-04-01/Accounts/{AccountSid}/Recordings/{RecordingSid}``:
 ``.wav`` or no extension answers the audio (``Range`` honoured, 206), ``.json`` the
 resource; both behind HTTP Basic auth, as Twilio serves recording media
-(https://www.twilio.com/docs/voice/api/recording#fetch-a-recording-media-file). Pure but
-for the Starlette response.
+(https://www.twilio.com/docs/voice/api/recording#fetch-a-recording-media-file).
+``DELETE`` on the ``.json`` URL deletes the recording (:func:`delete_recording`). Pure but
+for the Starlette responses.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import re
 import secrets
 import struct
 import wave
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
 from starlette.responses import Response
 
-from channels.twilio.sandbox.shapes import API_VERSION, now_rfc2822
+from channels.twilio.sandbox.shapes import API_VERSION, not_found, now_rfc2822
+
+if TYPE_CHECKING:
+    from channels.twilio.sandbox.app import Sandbox
 
 __all__ = [
     "audio_response",
+    "delete_recording",
     "recording_form",
     "recording_resource",
     "transcription_form",
@@ -140,3 +146,22 @@ def audio_response(audio: bytes, range_header: str) -> Response:
         return Response(status_code=416, headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return Response(audio[start : end + 1], 206, headers=headers, media_type="audio/x-wav")
+
+
+async def delete_recording(request: Request) -> Response:
+    """``DELETE .../Recordings/{RecordingSid}.json``: 204, or Twilio's 404 (20404).
+
+    As at Twilio, the media is gone at once and the resource is no longer fetched or
+    listed (Twilio keeps soft-deleted metadata for 40 days, only shown with
+    ``IncludeSoftDeleted``, which the sandbox does not offer).
+    https://www.twilio.com/docs/voice/api/recording#delete-a-recording-resource
+    """
+    sandbox: Sandbox = request.app.state.sandbox
+    if (denied := sandbox.denied(request)) is not None:
+        return denied
+    sid, _, extension = request.path_params["name"].partition(".")
+    voice = sandbox.voice
+    if extension not in ("", "json") or voice.recordings.pop(sid, None) is None:
+        return not_found(request.url.path)
+    voice.audio.pop(sid, None)
+    return Response(status_code=204)
