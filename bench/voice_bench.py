@@ -70,11 +70,13 @@ from bench.timeline_bench import (
 from channels.twilio import voice
 from channels.twilio.forms import encode_form
 from channels.twilio.signature import SIGNATURE_HEADER, sign
+from hub.api.stream import Visibility
 from hub.auth import add_agent
 from hub.voice_state import screen_pops
 from timeline import migrate
 from timeline.calls import open_many
 from timeline.db import Database
+from timeline.publish import Publisher, audiences
 from timeline.writer import GroupWriter
 
 ACCOUNT_SID = "AC" + "b3" * 16
@@ -405,7 +407,14 @@ async def measure(
     }, per_request
 
 
-STAGES = ("parse", "ingest (group writer)", "pop read", "pop JSON (SSE)", "call rows")
+STAGES = (
+    "parse",
+    "ingest (group writer)",
+    "pop read",
+    "team check (agent stream)",
+    "pop JSON (SSE)",
+    "call rows",
+)
 
 
 async def stages(
@@ -414,9 +423,12 @@ async def stages(
     """In-process CPU seconds per call of each stage of an incoming call, ``calls`` at once.
 
     The same functions the webhook runs, without HTTP: ``parse_inbound_call``; the group
-    writer (one submission per call, all at once); ``screen_pops`` of the stored calls in
-    one read; ``json.dumps`` of each pop as the stream does; ``open_many`` of their rows.
-    ``time.process_time`` counts every thread (aiosqlite's too). Two rounds warm up.
+    writer (one submission per call, all at once); ``screen_pops`` of the stored calls and
+    their audiences in one read (``hub.voice_state.Incoming``); the stream's team check of
+    an agent without a team (``Visibility.admitted``) over the burst's timeline events, as
+    published by the writer (the pops carry their audience); ``json.dumps`` of each pop as
+    the stream does; ``open_many`` of their rows. ``time.process_time`` counts every
+    thread (aiosqlite's too). Two rounds warm up.
     """
     db = Database.from_url(url)
     writer = GroupWriter(db, region="US")
@@ -438,6 +450,12 @@ async def stages(
             t = time.process_time()
             async with db.read() as conn:
                 pops = await screen_pops(conn, stored)
+                await audiences(conn, [e.customer_id for e in stored])
+            took.append(time.process_time() - t)
+            t = time.process_time()
+            visibility = Visibility(db, frozenset(), Publisher())
+            admitted = await visibility.admitted([("timeline", e) for e in stored])
+            assert len(admitted) == len(stored)  # the bench's customers have no team
             took.append(time.process_time() - t)
             t = time.process_time()
             for pop in pops:

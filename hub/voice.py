@@ -182,7 +182,11 @@ async def inbound_call(request: Request) -> Response:
     # The pop first (calls arriving together share its read), then the call's row (their
     # rows share one transaction): the answer waits for both, the pop for neither.
     incoming = _incoming(request)
-    services.publisher.publish("call", await incoming.pops(stored))
+    pop, audience = await incoming.pops(stored)
+    # Read after the event's commit, so it holds for the event the writer published too:
+    # an agent's stream then reads nothing for this call.
+    services.publisher.remember(stored, audience)
+    services.publisher.publish("call", pop, audience)
     await incoming.open_calls(
         {
             "call_sid": sid,

@@ -32,6 +32,7 @@ from timeline import customers as customer_ops
 from timeline.db import Database
 from timeline.events import Channel, Direction, utcnow
 from timeline.ingest import attach_external_id
+from timeline.publish import Audience, audiences
 from timeline.records import Customer, StoredEvent, iso
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,14 @@ async def read_pop(db: Database, event: StoredEvent) -> dict[str, Any]:
         return await screen_pop(conn, event)
 
 
+async def read_pop_audience(db: Database, event: StoredEvent) -> tuple[dict[str, Any], Audience]:
+    """:func:`screen_pop` and who may see it (``timeline.publish``), in one read."""
+    async with db.read() as conn:
+        pop = await screen_pop(conn, event)
+        found = await audiences(conn, [event.customer_id])
+    return pop, found[event.customer_id]
+
+
 class Coalescer(Generic[T, R]):
     """Concurrent requests share one run of ``work`` over everything waiting.
 
@@ -187,7 +196,8 @@ class Incoming:
     """The group work of incoming calls: their rows, and their screen pops."""
 
     open_calls: Coalescer[dict[str, Any], None]
-    pops: Coalescer[StoredEvent, dict[str, Any]]
+    #: Each pop with its audience, read in the same transaction.
+    pops: Coalescer[StoredEvent, tuple[dict[str, Any], Audience]]
 
     @classmethod
     def on(cls, db: Database) -> Incoming:
@@ -198,9 +208,11 @@ class Incoming:
                 await calls.open_many(conn, rows)
             return [None] * len(rows)
 
-        async def read_pops(events: list[StoredEvent]) -> list[dict[str, Any]]:
+        async def read_pops(events: list[StoredEvent]) -> list[tuple[dict[str, Any], Audience]]:
             async with db.read() as conn:
-                return await screen_pops(conn, events)
+                pops = await screen_pops(conn, events)
+                found = await audiences(conn, [e.customer_id for e in events])
+            return [(pop, found[e.customer_id]) for pop, e in zip(pops, events, strict=True)]
 
         return cls(Coalescer(write_rows), Coalescer(read_pops))
 

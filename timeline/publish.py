@@ -3,17 +3,68 @@
 Each subscriber has a bounded queue; one that stops reading (a dead SSE client) is
 dropped rather than allowed to hold memory or slow the publisher. Publishing never
 awaits, so a webhook's answer never waits on a slow agent's browser.
+
+Who may receive an item (its customer's teams, docs/security.md) is its :class:`Audience`:
+given by the publisher when it read the customer anyway (the screen pop), otherwise read
+once by the first stream that needs it, and remembered beside the item for the other
+streams. An audience is read at or after the item's commit and never reused for a later
+item, so a customer's change of teams applies to the next item published about them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from timeline.schema import customer_teams, customers
+from timeline.sql import chunks
+
 log = logging.getLogger(__name__)
+
+
+#: How many items' audiences are remembered (a stream further behind reads its own).
+AUDIENCES_KEPT = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Audience:
+    """Who may see items about one customer: whether it exists, and its teams."""
+
+    exists: bool
+    teams: frozenset[str]
+
+    def admits(self, scope: frozenset[str] | None) -> bool:
+        """As ``timeline.customers.is_visible``: None sees all; an unassigned customer
+        is seen by every agent, an assigned one by its teams' agents only."""
+        if scope is None:
+            return True
+        return self.exists and (not self.teams or not self.teams.isdisjoint(scope))
+
+
+async def audiences(conn: AsyncConnection, customer_ids: Iterable[str]) -> dict[str, Audience]:
+    """The :class:`Audience` of each customer, one query per 500 (missing: nobody's)."""
+    wanted = sorted(set(customer_ids))
+    found: dict[str, set[str]] = {}
+    for part in chunks(wanted):
+        query = (
+            sa.select(customers.c.id, customer_teams.c.team)
+            .select_from(
+                customers.outerjoin(customer_teams, customer_teams.c.customer_id == customers.c.id)
+            )
+            .where(customers.c.id.in_(part))
+        )
+        for cid, team in await conn.execute(query):
+            teams = found.setdefault(cid, set())
+            if team is not None:
+                teams.add(team)
+    return {cid: Audience(cid in found, frozenset(found.get(cid, ()))) for cid in wanted}
 
 
 class Subscription:
@@ -45,14 +96,22 @@ class Publisher:
     def __init__(self, maxsize: int = 1000) -> None:
         self._subscribers: set[Subscription] = set()
         self._maxsize = maxsize
+        # id(item) -> (item, audience); holding the item keeps its id from being reused.
+        self._audiences: dict[int, tuple[Any, Audience]] = {}
 
     @property
     def subscriber_count(self) -> int:
         """How many subscribers are listening."""
         return len(self._subscribers)
 
-    def publish(self, topic: str, item: Any) -> None:
-        """Give ``item`` to every subscriber now; drop those whose queue is full."""
+    def publish(self, topic: str, item: Any, audience: Audience | None = None) -> None:
+        """Give ``item`` to every subscriber now; drop those whose queue is full.
+
+        ``audience``: the item's customer's, read in the transaction that made the item
+        (or later); without it the first stream that needs it reads it.
+        """
+        if audience is not None:
+            self.remember(item, audience)
         for sub in list(self._subscribers):
             try:
                 sub.queue.put_nowait((topic, item))
@@ -61,6 +120,19 @@ class Publisher:
                 sub.dropped = True
                 self._subscribers.discard(sub)
                 self._end(sub)
+
+    def audience_of(self, item: Any) -> Audience | None:
+        """The audience given or remembered for this very item (None: not known)."""
+        entry = self._audiences.get(id(item))
+        return entry[1] if entry is not None and entry[0] is item else None
+
+    def remember(self, item: Any, audience: Audience) -> None:
+        """Keep ``audience`` for ``item`` (read at or after the item's commit)."""
+        kept = self._audiences
+        kept.pop(id(item), None)
+        kept[id(item)] = (item, audience)
+        while len(kept) > AUDIENCES_KEPT:
+            del kept[next(iter(kept))]
 
     @staticmethod
     def _end(sub: Subscription) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,14 +16,13 @@ from starlette.responses import Response, StreamingResponse
 
 from hub import schemas
 from hub.routing import Ctx, Endpoint
-from timeline import customers as customer_ops
 from timeline.db import Database
+from timeline.publish import Publisher, Subscription, audiences
 from timeline.records import StoredEvent
 
 HEARTBEAT_SECONDS = 15.0
-#: How long a customer's visibility is remembered per stream: a change of teams
-#: reaches open streams within this time.
-VISIBILITY_TTL = 10.0
+#: At most this many waiting messages are checked together (one read for all of them).
+BATCH = 256
 
 
 def customer_of(item: Any) -> str | None:
@@ -43,30 +41,65 @@ def customer_of(item: Any) -> str | None:
 
 
 class Visibility:
-    """Which customers one stream's agent may see, cached briefly per customer."""
+    """Which published items one stream's agent may see (object-level access, OWASP ASVS
+    5.0 V8.2.2).
 
-    def __init__(self, db: Database, teams: frozenset[str] | None) -> None:
+    Each item is judged by its own :class:`~timeline.publish.Audience` (its customer's
+    teams read at or after the item's commit: given by the publisher, or read here once
+    for all streams and all the messages waiting), never by what an earlier item of the
+    same customer allowed: a customer moved to another team is not delivered to their
+    former team's next message.
+    """
+
+    def __init__(self, db: Database, teams: frozenset[str] | None, publisher: Publisher) -> None:
         self.db = db
         self.teams = teams
-        self._seen: dict[str, tuple[float, bool]] = {}
+        self.publisher = publisher
+        self.reads = 0
+
+    async def admitted(self, messages: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Those of ``messages`` (``(topic, item)``, in order) the agent may see."""
+        if self.teams is None:
+            return messages
+        unknown: dict[str, list[Any]] = {}
+        for _, item in messages:
+            cid = customer_of(item)
+            if cid is not None and self.publisher.audience_of(item) is None:
+                unknown.setdefault(cid, []).append(item)
+        if unknown:
+            self.reads += 1
+            async with self.db.read() as conn:
+                found = await audiences(conn, unknown)
+            for cid, items in unknown.items():
+                for item in items:
+                    self.publisher.remember(item, found[cid])
+        kept = []
+        for message in messages:
+            if customer_of(message[1]) is None:
+                kept.append(message)  # about nobody (a withheld number): every agent
+                continue
+            audience = self.publisher.audience_of(message[1])
+            if audience is not None and audience.admits(self.teams):
+                kept.append(message)
+        return kept
 
     async def allows(self, item: Any) -> bool:
-        """Whether the item may be sent (object-level access, OWASP ASVS 5.0 V8.2.2)."""
-        if self.teams is None:
-            return True
-        customer_id = customer_of(item)
-        if customer_id is None:
-            return True
-        now = time.monotonic()
-        cached = self._seen.get(customer_id)
-        if cached is not None and now - cached[0] < VISIBILITY_TTL:
-            return cached[1]
-        async with self.db.read() as conn:
-            visible = await customer_ops.is_visible(conn, customer_id, self.teams)
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[customer_id] = (now, visible)
-        return visible
+        """Whether this one item may be sent."""
+        return bool(await self.admitted([("", item)]))
+
+
+def waiting(sub: Subscription, first: tuple[str, Any]) -> tuple[list[tuple[str, Any]], bool]:
+    """``first`` and what else is already queued (up to :data:`BATCH`); True: the end."""
+    batch = [first]
+    while len(batch) < BATCH:
+        try:
+            message = sub.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        if message is None:
+            return batch, True
+        batch.append(message)
+    return batch, False
 
 
 def sse(event: str, data: Any) -> str:
@@ -78,7 +111,7 @@ async def stream(ctx: Ctx) -> Response:
     """Server-Sent Events: ``timeline`` (event JSON) and ``call`` (screen pop)."""
     publisher = ctx.services.publisher
     heartbeat = float(ctx.request.app.state.sse_heartbeat)
-    visibility = Visibility(ctx.services.db, ctx.teams)
+    visibility = Visibility(ctx.services.db, ctx.teams, publisher)
 
     async def messages() -> AsyncIterator[str]:
         with publisher.subscribe() as sub:
@@ -91,13 +124,14 @@ async def stream(ctx: Ctx) -> Response:
                     continue
                 if message is None:  # the publisher dropped us or is shutting down
                     return
-                topic, item = message
-                if not await visibility.allows(item):
-                    continue
-                if isinstance(item, StoredEvent):
-                    yield sse(topic, item.to_json())
-                else:
-                    yield sse(topic, item)
+                batch, ended = waiting(sub, message)
+                for topic, item in await visibility.admitted(batch):
+                    if isinstance(item, StoredEvent):
+                        yield sse(topic, item.to_json())
+                    else:
+                        yield sse(topic, item)
+                if ended:
+                    return
 
     return StreamingResponse(
         messages(),

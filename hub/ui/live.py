@@ -26,7 +26,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from hub.api.stream import Visibility
+from hub.api.stream import Visibility, waiting
 from hub.routing import team_scope
 from hub.sessions import Session
 from hub.ui.guard import console, console_of, field, form_of, refused
@@ -50,7 +50,7 @@ async def stream(request: Request, session: Session) -> Response:
     heartbeat = float(request.app.state.sse_heartbeat)
     cookie = request.cookies.get(c.cookie)
     templates = c.templates
-    visibility = Visibility(c.services.db, team_scope(session.agent))
+    visibility = Visibility(c.services.db, team_scope(session.agent), publisher)
 
     def render(topic: str, item: Any) -> str | None:
         if isinstance(item, StoredEvent):
@@ -80,11 +80,13 @@ async def stream(request: Request, session: Session) -> Response:
                     continue
                 if message is None:
                     return
-                if not await visibility.allows(message[1]):
-                    continue
-                text = render(*message)
-                if text is not None:
-                    yield text
+                batch, ended = waiting(sub, message)
+                for topic, item in await visibility.admitted(batch):
+                    text = render(topic, item)
+                    if text is not None:
+                        yield text
+                if ended:
+                    return
 
     return StreamingResponse(
         messages(),
