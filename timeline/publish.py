@@ -29,8 +29,9 @@ from timeline.sql import chunks
 log = logging.getLogger(__name__)
 
 
-#: How many items' audiences are remembered (a stream further behind reads its own).
-AUDIENCES_KEPT = 4096
+#: How many items' audiences are remembered, holding the items (a screen pop is ~18 kB);
+#: a stream further behind reads its own.
+AUDIENCES_KEPT = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ class Publisher:
         ``audience``: the item's customer's, read in the transaction that made the item
         (or later); without it the first stream that needs it reads it.
         """
-        if audience is not None:
+        if audience is not None and self._subscribers:
             self.remember(item, audience)
         for sub in list(self._subscribers):
             try:

@@ -130,7 +130,8 @@ async def test_each_item_is_judged_by_its_own_audience(db: Database) -> None:
     assert await visibility.admitted([("call", second)]) == []
     assert visibility.reads == 2
     # An audience the publisher gave is used as is (no read), and shared by other streams.
-    publisher.publish("call", third, Audience(True, frozenset({"A"})))
+    with publisher.subscribe():
+        publisher.publish("call", third, Audience(True, frozenset({"A"})))
     other = Visibility(db, frozenset({"B"}), publisher)
     assert await visibility.admitted([("call", third)]) == [("call", third)]
     assert await other.admitted([("call", third), ("call", second)]) == [("call", second)]
