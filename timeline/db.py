@@ -153,6 +153,11 @@ class DirectQuery:
         if not self.direct(conn):
             return list(await conn.execute(self.statement, values))
         sql, params = self.statement_for(conn.dialect, **values)
+        return await self.driver_rows(conn, sql, params)
+
+    @staticmethod
+    async def driver_rows(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of SQL text in the driver's own dialect (only where :meth:`direct`)."""
         driver = await _driver_connection(conn)
         if conn.dialect.name != "sqlite":
             return list(await driver.fetch(sql, *params))

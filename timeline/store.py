@@ -110,6 +110,46 @@ async def page(
     return items, nxt
 
 
+#: The contract's event JSON (``StoredEvent.to_json``) of each row, built by SQLite.
+#: Timestamps: SQLAlchemy stores ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC); ``iso()`` writes
+#: ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (no fraction when it is zero).
+_SQLITE_FIRST_PAGE_JSON = """SELECT json_object(
+ 'id', id, 'customer_id', customer_id, 'channel', channel, 'kind', kind,
+ 'direction', direction,
+ 'occurred_at', replace(CASE WHEN substr(occurred_at, 20) = '.000000'
+   THEN substr(occurred_at, 1, 19) ELSE occurred_at END, ' ', 'T') || 'Z',
+ 'status', status, 'subject', subject, 'text', text, 'html', html,
+ 'thread_id', thread_key, 'external_id', external_id, 'from', sender, 'to', recipient,
+ 'attachments', CASE WHEN attachments IS NULL OR attachments IN ('null', '[]')
+   THEN json('[]') ELSE (SELECT json_group_array(json_set(value, '$.url',
+     '/api/v1/documents/' || json_extract(value, '$.id'))) FROM json_each(attachments))
+   END,
+ 'data', CASE WHEN data IS NULL OR data IN ('null', '{}') THEN json('{}') ELSE json(data) END
+), occurred_at, id
+FROM events WHERE customer_id = ? ORDER BY occurred_at DESC, id DESC LIMIT ?"""
+
+
+async def first_page_json(
+    conn: AsyncConnection, customer_id: str, *, limit: int = 50
+) -> tuple[list[str], str | None] | None:
+    """The first page as the contract's event JSON texts, and the next cursor.
+
+    SQLite (aiosqlite) only, else None: the database writes each event's JSON, so the
+    page needs no per-row Python (``StoredEvent`` and ``to_json`` cost ~0.5 ms of CPU
+    per 50 events, the JSON in SQLite ~0.2 ms). Equal to ``[e.to_json() for e in
+    page(...)[0]]`` (tested).
+    """
+    if not DirectQuery.direct(conn) or conn.dialect.name != "sqlite":
+        return None
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await DirectQuery.driver_rows(conn, _SQLITE_FIRST_PAGE_JSON, (customer_id, limit + 1))
+    nxt = None
+    if len(rows) > limit:
+        del rows[limit:]
+        nxt = encode_cursor(_utc(rows[-1][1]), rows[-1][2])
+    return [r[0] for r in rows], nxt
+
+
 def first_page_statement(
     dialect: sa.Dialect, customer_id: str, rows: int
 ) -> tuple[str, tuple[Any, ...]]:

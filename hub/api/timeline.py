@@ -38,15 +38,23 @@ async def get_timeline(ctx: Ctx) -> Response:
             field="channel",
         )
     customer_id = ctx.path("id")
+    cursor = request.query_params.get("cursor") or None
+    q = request.query_params.get("q") or None
     async with ctx.reading() as conn:
         await ctx.require_visible(conn, customer_id)
+        if not (cursor or channels or q):
+            found = await store.first_page_json(conn, customer_id, limit=limit)
+            if found is not None and found[0]:
+                texts, nxt = found
+                body = '{"items":[' + ",".join(texts) + '],"next":' + json.dumps(nxt) + "}"
+                return Response(body.encode(), media_type="application/json")
         items, nxt = await store.page(
             conn,
             customer_id,
             limit=limit,
-            cursor=request.query_params.get("cursor") or None,
+            cursor=cursor,
             channels=channels,
-            q=request.query_params.get("q") or None,
+            q=q,
         )
         if not items:
             await customer_ops.require_exists(conn, customer_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import random
 from datetime import timedelta
 
@@ -122,7 +124,9 @@ async def test_events_arriving_between_pages_neither_shift_nor_repeat(db: Databa
         first, cursor = await store.page(conn, customer_id, limit=3)
     assert cursor is not None
     # An event at the cursor's very timestamp arrives; ids grow with time, so it sorts
-    # before the cursor and belongs to the pages already shown.
+    # before the cursor and belongs to the pages already shown. Ids order by the
+    # millisecond only (random within it), so the late one is made a millisecond later.
+    await asyncio.sleep(0.002)
     late = await _notes(db, customer_id, [0.0], text="late")
     async with db.read() as conn:
         second, after = await store.page(conn, customer_id, limit=10, cursor=cursor)
@@ -194,7 +198,7 @@ async def test_full_text_filter(db: Database) -> None:
     async def search(q: str, limit: int = 50) -> list[str | None]:
         found = [e for p in await _all_pages(db, customer_id, limit, q=q) for e in p]
         assert {e.customer_id for e in found} <= {customer_id}
-        return sorted(e.text for e in found)
+        return sorted((e.text for e in found), key=lambda t: t or "")
 
     assert await search("invoice") == sorted([texts["a"], texts["b"], texts["c"]])
     assert await search("invoice", limit=1) == sorted([texts["a"], texts["b"], texts["c"]])
@@ -316,3 +320,40 @@ async def test_first_page_sees_its_own_transaction(db: Database) -> None:
         await ingest_batch(conn, [note(customer_id, "inside")], region=REGION)
         items, _ = await store.page(conn, customer_id)
         assert [e.text for e in items] == ["inside"]
+
+
+async def test_first_page_json_is_the_event_json(db: Database, files: FileStore) -> None:
+    """SQLite writes the first page's JSON itself; it must equal ``to_json`` exactly."""
+    customer_id = await _customer(db)
+    batch = [
+        email_in(
+            "jane@example.com",
+            at=T0 + timedelta(microseconds=5),
+            subject="Ünïcödé ✓ <b>",
+            text='tab\tnewline\n quote" backslash\\ nul\x01',
+            attachments=[
+                Attachment("a.pdf", "application/pdf", content=b"%PDF-1.4"),
+                Attachment("b.png", "image/png", content=b"\x89PNG", content_id="logo@x"),
+            ],
+        ),
+        sms_in(phone(1), at=T0 + minutes(1), text=None, status=None),
+        call(phone(1), external_id="CA9", status="completed", at=T0 + minutes(2)),
+    ]
+    outcomes = (await ingest(db, batch, region=REGION, files=files)).outcomes
+    ids = {o.event.customer_id for o in outcomes if o.event}
+    await _notes(db, customer_id, [float(i) for i in range(7)])
+    ids.add(customer_id)
+    async with db.read() as conn:
+        for cid in ids:
+            for limit in (3, 50):
+                found = await store.first_page_json(conn, cid, limit=limit)
+                items, nxt = await store.page(conn, cid, limit=limit)
+                if db.dialect != "sqlite":
+                    assert found is None
+                    continue
+                assert found is not None
+                texts, found_next = found
+                assert [json.loads(t) for t in texts] == [e.to_json() for e in items]
+                assert found_next == nxt
+        if db.dialect == "sqlite":
+            assert await store.first_page_json(conn, "no-such-customer") == ([], None)
