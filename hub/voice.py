@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,13 +63,14 @@ from hub.voice_state import (
     apply_dial_result,
     apply_recording,
     apply_status,
-    read_pop,
+    read_pop_audience,
     routing,
     webhook_url,
 )
 from timeline import calls, store
 from timeline.events import Channel, Direction
 from timeline.ingest import attach_external_id
+from timeline.publish import Audience
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,16 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _publish(services: Services, applied: Applied, pop: dict[str, object] | None) -> None:
-    services.publisher.publish("timeline", applied.event)
-    if pop is not None:
-        services.publisher.publish("call", pop)
+def _publish(
+    services: Services, applied: Applied, pop: tuple[dict[str, Any], Audience] | None
+) -> None:
+    """The changed call event, and its screen pop with the audience read beside it (after
+    the change's commit, so it holds for the event as well)."""
+    if pop is None:
+        services.publisher.publish("timeline", applied.event)
+        return
+    services.publisher.publish("timeline", applied.event, pop[1])
+    services.publisher.publish("call", *pop)
 
 
 def _urls(services: Services, event_id: str | None) -> dict[str, str]:
@@ -215,7 +223,7 @@ async def call_status(request: Request) -> Response:
     if applied is None:
         log.info("status callback for unknown call %s ignored", update.call_sid)
     elif applied.changed:
-        _publish(services, applied, await read_pop(services.db, applied.event))
+        _publish(services, applied, await read_pop_audience(services.db, applied.event))
     return Response(status_code=200)
 
 
@@ -262,7 +270,7 @@ async def dial_result(request: Request) -> Response:
             queue=services.settings.twilio_voice_queue,
         )
     if applied is not None and applied.changed:
-        _publish(services, applied, await read_pop(services.db, applied.event))
+        _publish(services, applied, await read_pop_audience(services.db, applied.event))
     if not offer_voicemail:
         return _twiml(twiml.hangup())
     urls = _urls(services, applied.event.id if applied else None)
@@ -306,7 +314,7 @@ async def bridge(request: Request) -> Response:
         log.warning("bridge of call %s: no outbound call event %s", update.call_sid, event_id)
         return _twiml(twiml.hangup(NOT_CONNECTED))
     if applied is not None and applied.changed:
-        _publish(services, applied, await read_pop(services.db, applied.event))
+        _publish(services, applied, await read_pop_audience(services.db, applied.event))
     assert event.recipient is not None and event.sender is not None
     query = {"event": event.id}
     return _twiml(
@@ -349,7 +357,7 @@ async def dequeued(request: Request) -> Response:
     if applied is None:
         log.info("dequeue of unknown call %s ignored", parsed.call_sid)
     elif applied.changed:
-        _publish(services, applied, await read_pop(services.db, applied.event))
+        _publish(services, applied, await read_pop_audience(services.db, applied.event))
     return _twiml(twiml.empty())
 
 
