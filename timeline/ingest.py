@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -127,6 +128,110 @@ _EXISTING = sa.select(events.c.id, events.c.external_id).where(
 _INSERT_EVENTS = sqlite_direct.Insert(events, "ON CONFLICT (channel, external_id) DO NOTHING")
 
 
+def _event_row(e: StoredEvent, now: datetime) -> dict[str, Any]:
+    """The events-table row of a new event, for SQLAlchemy."""
+    return {
+        "id": e.id,
+        "customer_id": e.customer_id,
+        "channel": e.channel,
+        "kind": e.kind,
+        "direction": e.direction,
+        "external_id": e.external_id,
+        "occurred_at": e.occurred_at,
+        "status": e.status,
+        "subject": e.subject,
+        "text": e.text,
+        "html": e.html,
+        "thread_key": e.thread_key,
+        "sender": e.sender,
+        "recipient": e.recipient,
+        "attachments": e.attachments,
+        "data": e.data,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+#: The events table's columns in the order ``_insert_sqlite`` builds its tuples.
+_COLUMNS = (
+    "id",
+    "customer_id",
+    "channel",
+    "kind",
+    "direction",
+    "external_id",
+    "occurred_at",
+    "status",
+    "subject",
+    "text",
+    "html",
+    "thread_key",
+    "sender",
+    "recipient",
+    "attachments",
+    "data",
+    "created_at",
+    "updated_at",
+)
+
+
+async def _insert_sqlite(conn: AsyncConnection, ordered: list[StoredEvent], now: datetime) -> int:
+    """Insert new events on SQLite; the rows inserted.
+
+    On the driver path the rows are tuples converted by the columns' own bind
+    processors (as SQLAlchemy would), the batch's shared values (timestamps, no
+    attachments) once: stored bytes are the same (``tests/timeline/test_ingest_direct.py``).
+    """
+    conv = _INSERT_EVENTS.converters(conn)
+    if conv is None:
+        rows = [_event_row(e, now) for e in ordered]
+        insert = insert_ignoring(conn, events, ["channel", "external_id"])
+        return int((await conn.execute(insert, rows)).rowcount)
+    if _INSERT_EVENTS.names(conn.dialect) != _COLUMNS:
+        raise RuntimeError("events columns changed: update timeline.ingest._COLUMNS")
+    when, as_json, at = conv["occurred_at"], conv["data"], conv["created_at"]
+    if (
+        when is None
+        or as_json is None
+        or at is None
+        or conv["attachments"] is None
+        or any(conv[c] is not None for c in _COLUMNS if c not in _CONVERTED)
+    ):
+        raise RuntimeError("events column types changed: update timeline.ingest")
+    stamp = at(now)
+    none = as_json([])
+    values = [
+        (
+            e.id,
+            e.customer_id,
+            e.channel,
+            e.kind,
+            e.direction,
+            e.external_id,
+            when(e.occurred_at),
+            e.status,
+            e.subject,
+            e.text,
+            e.html,
+            e.thread_key,
+            e.sender,
+            e.recipient,
+            as_json(e.attachments) if e.attachments else none,
+            as_json(e.data),
+            stamp,
+            stamp,
+        )
+        for e in ordered
+    ]
+    count = await _INSERT_EVENTS.many_converted(conn, values)
+    if count is None:  # pragma: no cover - the driver path was checked just above
+        raise RuntimeError("SQLite driver connection went away mid-batch")
+    return count
+
+
+_CONVERTED = frozenset({"occurred_at", "attachments", "data", "created_at", "updated_at"})
+
+
 async def _existing(
     conn: AsyncConnection, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -227,14 +332,15 @@ async def ingest_batch(
         conn, [counterparts[i] for i in inserts if i in counterparts]
     )
     now = utcnow()
-    event_rows: list[dict[str, Any]] = []
+    created: list[StoredEvent] = []
     doc_rows: dict[str, list[dict[str, Any]]] = {}
     for i in inserts:
         ev = batch[i]
         customer_id = ev.customer_id or resolved[counterparts[i]]
         event_id = new_id()
-        summaries, docs = _attachment_rows(ev, event_id, customer_id, files)
-        if docs:
+        summaries: list[dict[str, Any]] = []
+        if ev.attachments:
+            summaries, docs = _attachment_rows(ev, event_id, customer_id, files)
             doc_rows[event_id] = docs
         sender = ev.sender
         recipient = ev.recipient
@@ -244,65 +350,63 @@ async def ingest_batch(
                 sender = counterparts[i]
             else:
                 recipient = counterparts[i]
-        event_rows.append(
-            {
-                "id": event_id,
-                "customer_id": customer_id,
-                "channel": ev.channel.value,
-                "kind": ev.kind.value,
-                "direction": ev.direction.value,
-                "external_id": ev.external_id,
-                "occurred_at": ev.occurred_at,
-                "status": ev.status,
-                "subject": ev.subject,
-                "text": ev.text,
-                "html": ev.html,
-                "thread_key": ev.thread_key,
-                "sender": sender.value if sender else None,
-                "recipient": recipient.value if recipient else None,
-                "attachments": summaries,
-                "data": dict(ev.data),
-                "created_at": now,
-                "updated_at": now,
-            }
+        created.append(
+            StoredEvent(
+                event_id,
+                customer_id,
+                ev.channel.value,
+                ev.kind.value,
+                ev.direction.value,
+                ev.occurred_at,
+                ev.status,
+                ev.subject,
+                ev.text,
+                ev.html,
+                ev.thread_key,
+                ev.external_id,
+                sender.value if sender else None,
+                recipient.value if recipient else None,
+                summaries,
+                dict(ev.data),
+            )
         )
     inserted_ids: set[str] = set()
-    if event_rows:
+    if created:
         # Sorted by the unique key, so concurrent batches take their locks in one order.
-        ordered = sorted(event_rows, key=lambda r: (r["channel"], r["external_id"] or ""))
-        insert = insert_ignoring(conn, events, ["channel", "external_id"])
+        ordered = sorted(created, key=lambda e: (e.channel, e.external_id or ""))
         if conn.dialect.name == "sqlite":
             # Writers are serialized (BEGIN IMMEDIATE) and the keys we hold were filtered
             # out above under that lock: every row goes in, in this order.
-            count = await _INSERT_EVENTS.many(conn, ordered)
-            if count is None:
-                count = (await conn.execute(insert, ordered)).rowcount
+            count = await _insert_sqlite(conn, ordered, now)
             if count != len(ordered):
                 raise RuntimeError("events insert conflicted under the write lock")
-            inserted_ids = {r["id"] for r in ordered}
-            await index_new_events(conn, ordered[0]["id"])
+            inserted_ids = {e.id for e in ordered}
+            await index_new_events(conn, ordered[0].id)
         else:
             # Another transaction may have stored a key meanwhile: RETURNING says which
             # rows are ours.
-            got = await conn.execute(insert.returning(events.c.id), ordered)
+            insert = insert_ignoring(conn, events, ["channel", "external_id"])
+            got = await conn.execute(
+                insert.returning(events.c.id), [_event_row(e, now) for e in ordered]
+            )
             inserted_ids = set(got.scalars())
     lost: list[int] = []
-    all_docs = [d for r in event_rows if r["id"] in inserted_ids for d in doc_rows.get(r["id"], [])]
+    all_docs = [d for e in created if e.id in inserted_ids for d in doc_rows.get(e.id, [])]
     if all_docs:
         await conn.execute(documents.insert(), all_docs)
-    for i, row in zip(inserts, event_rows, strict=True):
-        if row["id"] in inserted_ids:
-            outcomes[i] = Outcome("created", StoredEvent.from_row(row))
-            if row["kind"] == Kind.CONSENT.value:
-                data = row["data"]
+    for i, new in zip(inserts, created, strict=True):
+        if new.id in inserted_ids:
+            outcomes[i] = Outcome("created", new)
+            if new.kind == Kind.CONSENT.value:
+                data = new.data
                 await consent.apply(
                     conn,
-                    row["customer_id"],
-                    row["channel"],
+                    new.customer_id,
+                    new.channel,
                     data.get("purposes", consent.PURPOSES),
-                    data.get("state", row["status"]),
-                    at=row["occurred_at"],
-                    event_id=row["id"],
+                    cast(str, data.get("state", new.status)),
+                    at=new.occurred_at,
+                    event_id=new.id,
                 )
         else:
             lost.append(i)  # another process stored the same key meanwhile

@@ -12,7 +12,7 @@ timeline use ``timeline.db.DirectQuery`` the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,6 +78,32 @@ class Insert:
                 list(zip(compiled.positiontup or (), processors, strict=True)),
             )
         return self._ready
+
+    def converters(self, conn: AsyncConnection) -> dict[str, Callable[[Any], Any] | None] | None:
+        """Each column's bind processor (None: stored as given), or None off the driver path.
+
+        For callers that build rows as tuples in table column order, converted, and send
+        them with :meth:`many_converted` (values shared by a batch converted once).
+        """
+        if _driver(conn) is None:
+            return None
+        return dict(self._prepare(conn.dialect)[2])
+
+    def names(self, dialect: sa.Dialect) -> tuple[str, ...]:
+        """The columns in the order :meth:`many_converted` takes them."""
+        return tuple(name for name, _ in self._prepare(dialect)[2])
+
+    async def many_converted(
+        self, conn: AsyncConnection, rows: list[tuple[Any, ...]]
+    ) -> int | None:
+        """``executemany`` of rows already converted (:meth:`converters`), or None."""
+        driver = _driver(conn)
+        if driver is None:
+            return None
+        head, values, _ = self._prepare(conn.dialect)
+        sql = f"{head} VALUES {values} {self.suffix}".rstrip()
+        cursor = await driver.executemany(sql, rows)
+        return int(cursor.rowcount)
 
     def _params(self, dialect: sa.Dialect, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
         columns = self._prepare(dialect)[2]

@@ -8,6 +8,7 @@ PostgreSQL, it declines (None) and the caller uses SQLAlchemy.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,11 +16,12 @@ import sqlalchemy as sa
 
 from timeline import sqlite_direct
 from timeline.db import Database
+from timeline.events import Attachment
 from timeline.ingest import ingest
 from timeline.schema import customers, events
 from timeline.store import get_event
 
-from .conftest import REGION, T0, sms_in
+from .conftest import REGION, T0, email_in, sms_in
 
 WHEN = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=-7)))
 
@@ -78,3 +80,55 @@ async def test_ingested_rows_read_back_typed(db: Database) -> None:
     assert again == stored
     assert again.occurred_at == WHEN and again.occurred_at.utcoffset() == timedelta(0)
     assert again.occurred_at > T0
+
+
+async def test_ingested_event_row_is_what_sqlalchemy_stores(db: Database) -> None:
+    # The events insert builds converted tuples itself (timeline.ingest._insert_sqlite):
+    # every column's stored text must equal SQLAlchemy's insert of the same values.
+    ev = dataclasses.replace(
+        email_in("Jane@Example.COM", subject="é ☃", text='a "q" \\ \u0001'),
+        occurred_at=WHEN,
+        data={"message_id": "<x@y>", "list": [1, "é", None], "nested": {"a": 1.5}},
+        attachments=(Attachment("a.pdf", "application/pdf", url="https://example.com/a"),),
+    )
+    result = await ingest(db, [ev], region=REGION)
+    stored = result.outcomes[0].event
+    assert stored is not None and result.outcomes[0].kind == "created"
+    async with db.write() as conn:
+        stamps = (
+            await conn.execute(
+                sa.select(events.c.created_at, events.c.updated_at).where(events.c.id == stored.id)
+            )
+        ).one()
+        twin = {
+            "id": "f" * 32,
+            "customer_id": stored.customer_id,
+            "channel": stored.channel,
+            "kind": stored.kind,
+            "direction": stored.direction,
+            "external_id": "twin",
+            "occurred_at": stored.occurred_at,
+            "status": stored.status,
+            "subject": stored.subject,
+            "text": stored.text,
+            "html": stored.html,
+            "thread_key": stored.thread_key,
+            "sender": stored.sender,
+            "recipient": stored.recipient,
+            "attachments": stored.attachments,
+            "data": stored.data,
+            "created_at": stamps.created_at,
+            "updated_at": stamps.updated_at,
+        }
+        await conn.execute(events.insert(), [twin])
+    columns = [c for c in events.c if c.name not in ("id", "external_id")]
+    async with db.read() as conn:
+        raw = (
+            await conn.execute(
+                sa.select(*[sa.cast(c, sa.Text) for c in columns])
+                .where(events.c.id.in_([stored.id, "f" * 32]))
+                .order_by(events.c.id)
+            )
+        ).all()
+    assert len(raw) == 2 and raw[0] == raw[1]
+    assert stored.attachments and stored.attachments[0]["filename"] == "a.pdf"
