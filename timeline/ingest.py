@@ -294,6 +294,7 @@ async def ingest_batch(
     """Resolve and store a batch of events in the caller's transaction."""
     outcomes: list[Outcome | None] = [None] * len(batch)
     counterparts: dict[int, Identity] = {}
+    normalized: dict[Identity, Identity | InvalidIdentity] = {}
     for i, ev in enumerate(batch):
         if ev.update_only or ev.customer_id:
             continue
@@ -303,10 +304,18 @@ async def ingest_batch(
                 "rejected", reason="no customer: neither customer_id nor a counterpart identity"
             )
             continue
-        try:
-            counterparts[i] = normalize(who, region)
-        except InvalidIdentity as exc:
-            outcomes[i] = Outcome("rejected", reason=str(exc))
+        # Many events of a batch share a sender: normalize each one once.
+        known = normalized.get(who)
+        if known is None:
+            try:
+                known = normalize(who, region)
+            except InvalidIdentity as exc:
+                known = exc
+            normalized[who] = known
+        if isinstance(known, InvalidIdentity):
+            outcomes[i] = Outcome("rejected", reason=str(known))
+        else:
+            counterparts[i] = known
 
     keys = {(ev.channel.value, ev.external_id) for ev in batch if ev.external_id is not None}
     existing = await _existing(conn, keys) if keys else {}

@@ -13,7 +13,7 @@ import phonenumbers
 import pytest
 
 from timeline.errors import InvalidIdentity
-from timeline.identity import _is_valid, normalize_phone
+from timeline.identity import _NANP_E164, _is_valid, _parse, normalize_phone
 
 SHARED_CODES = ["1", "7", "44", "39", "47", "61", "212", "262", "290", "358", "590", "599"]
 
@@ -55,3 +55,16 @@ def test_validity_is_libphonenumbers(region: str) -> None:
             with pytest.raises(InvalidIdentity):
                 normalize_phone(raw, region)
     assert valid > 100  # the sample holds both kinds
+
+
+@pytest.mark.parametrize("region", ["US", "GB", "CA", "JM"])
+def test_e164_shortcut_is_what_parse_makes(region: str) -> None:
+    rng = random.Random(2311)
+    shortcut = 0
+    samples = ["+12015550123", "+19999999999", "+14155550100", "+10155550100", "+11155550100"]
+    samples += ["+1" + "".join(rng.choice("0123456789") for _ in range(10)) for _ in range(3000)]
+    for raw in samples:
+        number = _parse(raw, region)
+        assert number == phonenumbers.parse(raw, region), raw
+        shortcut += bool(_NANP_E164.fullmatch(raw))
+    assert 2000 < shortcut < len(samples)  # both paths taken
