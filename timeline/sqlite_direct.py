@@ -106,11 +106,21 @@ class Insert:
         return int(cursor.rowcount)
 
     def _params(self, dialect: sa.Dialect, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        columns = self._prepare(dialect)[2]
-        return [
-            tuple(row[name] if process is None else process(row[name]) for name, process in columns)
-            for row in rows
-        ]
+        columns: list[list[Any]] = []
+        for name, process in self._prepare(dialect)[2]:
+            values = [row[name] for row in rows]
+            if process is not None:
+                # A value shared by the rows (a batch's timestamp, None) is converted once.
+                last: Any = _UNSET
+                done: Any = None
+                converted = []
+                for value in values:
+                    if value is not last:
+                        last, done = value, process(value)
+                    converted.append(done)
+                values = converted
+            columns.append(values)
+        return list(zip(*columns, strict=True))
 
     async def many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int | None:
         """``executemany`` of ``rows``: the rows changed, or None (use SQLAlchemy)."""
@@ -137,6 +147,9 @@ class Insert:
             params = [v for row in self._params(conn.dialect, part) for v in row]
             found += await driver.execute_fetchall(sql, params)
         return found
+
+
+_UNSET = object()
 
 
 def in_list(sql: str, n: int) -> str:
