@@ -67,15 +67,18 @@ async def retry_after_delivery_error(
     """Schedule another attempt of a message the carrier failed retryably (30003, 30001...).
 
     These codes arrive in ``undelivered``/``failed`` callbacks, after Twilio accepted the
-    message, so the send worker never saw them. Returns the re-queued event, or None when
-    the failure is final (permanent, or out of attempts).
+    message, so the send worker never saw them. A callback may also come before the
+    worker recorded the send (the row still claimed or unknown): the signed callback URL
+    names the event and the MessageSid is now the event's, so the row is re-queued all
+    the same and the worker's later record leaves it alone. Returns the re-queued event,
+    or None when the failure is final (permanent, or out of attempts).
     """
     outcome = classify(code, None)
     limit = DELIVERY_RETRIES.get(outcome)
     if limit is None or event.status not in ("undelivered", "failed"):
         return None
     async with services.db.write() as conn:
-        found = await outbox.sent_row_for(conn, event.id, sid)
+        found = await outbox.accepted_row_for(conn, event.id, sid)
         if found is None or found[1] >= limit:
             return None
         row_id, attempts = found
@@ -84,7 +87,9 @@ async def retry_after_delivery_error(
             if outcome is Outcome.RETRY_ONCE
             else min(timedelta(seconds=2**attempts), MAX_BACKOFF)
         )
-        await outbox.reopen(conn, row_id, f"delivery failed with {code}; trying again", delay)
+        error = f"delivery failed with {code}; trying again"
+        if not await outbox.reopen(conn, row_id, sid, error, delay):
+            return None  # settled meanwhile by someone else (PostgreSQL re-checks the row)
         requeued = await restart_delivery(
             conn, event.id, {"external_id": sid, "status": event.status, "error_code": code}
         )
@@ -222,12 +227,20 @@ class SmsSender:
         changed: list[StoredEvent] = []
         sent = [r for r in results if r.kind == "sent" and r.sid]
         async with self.services.db.write() as conn:
-            # The common case in three statements for the whole round.
-            await outbox.mark_sent_many(conn, [(r.item.id, r.sid or "") for r in sent])
+            # The common case in a few statements for the whole round.
+            recorded = await outbox.mark_sent_many(
+                conn, [(r.item.id, r.sid or "", r.item.attempts) for r in sent]
+            )
+            # A row not recorded was re-queued by a status callback that came first (a
+            # retryable failure): its event already holds that attempt as a previous one.
             changed += await record_sends(
                 conn,
                 Channel.SMS,
-                [(r.item.event_id, r.sid or "", r.status or "queued") for r in sent],
+                [
+                    (r.item.event_id, r.sid or "", r.status or "queued")
+                    for r in sent
+                    if r.item.id in recorded
+                ],
             )
             for r in results:
                 event_id = r.item.event_id
@@ -262,7 +275,9 @@ class SmsSender:
                 elif r.kind == "retry" and r.delay is not None:
                     await outbox.retry_later(conn, r.item.id, r.error or "retry", r.delay)
                 else:
-                    await outbox.mark_unknown(conn, r.item.id, r.error or "outcome unknown")
+                    await outbox.mark_unknown(
+                        conn, r.item.id, r.error or "outcome unknown", r.item.attempts
+                    )
                 if moved is not None:
                     changed.append(moved)
         for stored in changed:

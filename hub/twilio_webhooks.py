@@ -162,14 +162,14 @@ async def sms_status(request: Request) -> Response:
     event_id = request.query_params.get("event")
     if outcome.kind == "unknown" and event_id and update.external_id:
         # The callback beat the sender worker's record of the MessageSid: attach it to
-        # the event named in the callback URL (signed), then apply the status. Only this
-        # rare case pays for a second transaction.
+        # the event named in the callback URL (signed), then apply the status. Apply it
+        # again even when the attach found the event holding an id already: the worker
+        # may have recorded this very MessageSid since the lookup above, and dropping
+        # the status then would lose it (an undelivered one would never be retried).
+        # Only this rare case pays for the extra transactions.
         async with services.db.write() as conn:
-            attached = await ingest.attach_external_id(
-                conn, event_id, Channel.SMS, update.external_id
-            )
-        if attached:
-            (outcome,) = await services.writer.submit([update])
+            await ingest.attach_external_id(conn, event_id, Channel.SMS, update.external_id)
+        (outcome,) = await services.writer.submit([update])
     if outcome.kind == "unknown":
         log.info("status callback for unknown message %s ignored", update.external_id)
     elif outcome.kind == "updated" and outcome.event is not None:

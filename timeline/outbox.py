@@ -132,11 +132,16 @@ async def claim(db: Database, channel: str, worker: str, *, limit: int = 50) -> 
         ]
 
 
-async def _finish(conn: AsyncConnection, row_id: str, state: str, **values: Any) -> bool:
+async def _finish(
+    conn: AsyncConnection, row_id: str, state: str, attempt: int | None = None, **values: Any
+) -> bool:
+    where = [outbox.c.id == row_id, outbox.c.state.in_([CLAIMED, UNKNOWN])]
+    if attempt is not None:
+        # Only this claim's outcome: a status callback may have re-queued the row (and
+        # another worker claimed it again) before the sender recorded its send.
+        where.append(outbox.c.attempts == attempt)
     result = await conn.execute(
-        outbox.update()
-        .where(outbox.c.id == row_id, outbox.c.state.in_([CLAIMED, UNKNOWN]))
-        .values(state=state, updated_at=utcnow(), **values)
+        outbox.update().where(*where).values(state=state, updated_at=utcnow(), **values)
     )
     return result.rowcount == 1
 
@@ -156,9 +161,14 @@ async def mark_skipped(conn: AsyncConnection, row_id: str, reason: str) -> bool:
     return await _finish(conn, row_id, SKIPPED, last_error=reason)
 
 
-async def mark_unknown(conn: AsyncConnection, row_id: str, error: str) -> bool:
-    """The outcome is unknown; only reconciliation may settle it."""
-    return await _finish(conn, row_id, UNKNOWN, last_error=error)
+async def mark_unknown(
+    conn: AsyncConnection, row_id: str, error: str, attempt: int | None = None
+) -> bool:
+    """The outcome is unknown; only reconciliation may settle it.
+
+    ``attempt``: only if the row is still at that claim's attempt.
+    """
+    return await _finish(conn, row_id, UNKNOWN, attempt, last_error=error)
 
 
 async def retry_later(conn: AsyncConnection, row_id: str, error: str, delay: timedelta) -> bool:
@@ -218,11 +228,30 @@ async def counts(db: Database) -> dict[str, int]:
         return {state: int(n) for state, n in rows}
 
 
-async def reopen(conn: AsyncConnection, row_id: str, error: str, delay: timedelta) -> bool:
-    """Send a ``sent`` row again after ``delay``: the provider reported a retryable failure."""
+def _accepted_as(provider_id: str) -> sa.ColumnElement[bool]:
+    """Rows whose send the provider accepted as ``provider_id``: recorded as ``sent`` with
+    it, or not recorded yet (``claimed``, ``unknown``), which a status callback can outrun
+    (Twilio's callbacks are not ordered with its REST answer)."""
+    return sa.or_(
+        sa.and_(outbox.c.state == SENT, outbox.c.provider_id == provider_id),
+        sa.and_(
+            outbox.c.state.in_([CLAIMED, UNKNOWN]),
+            sa.or_(outbox.c.provider_id.is_(None), outbox.c.provider_id == provider_id),
+        ),
+    )
+
+
+async def reopen(
+    conn: AsyncConnection, row_id: str, provider_id: str, error: str, delay: timedelta
+) -> bool:
+    """Send a row again after ``delay``: the provider reported a retryable failure of the
+    message it accepted as ``provider_id`` (recorded as sent or not yet recorded).
+
+    The sender's later record of that send then finds the row pending and leaves it.
+    """
     result = await conn.execute(
         outbox.update()
-        .where(outbox.c.id == row_id, outbox.c.state == SENT)
+        .where(outbox.c.id == row_id, _accepted_as(provider_id))
         .values(
             state=PENDING,
             last_error=error,
@@ -236,32 +265,41 @@ async def reopen(conn: AsyncConnection, row_id: str, error: str, delay: timedelt
     return bool(result.rowcount == 1)
 
 
-async def sent_row_for(
+async def accepted_row_for(
     conn: AsyncConnection, event_id: str, provider_id: str
 ) -> tuple[str, int] | None:
-    """(row id, attempts) of the ``sent`` row of an event with this provider id."""
+    """(row id, attempts) of the event's row the provider accepted as ``provider_id``.
+
+    The caller knows the id belongs to the event (a status callback names both); the
+    row is ``sent`` with it, or still ``claimed``/``unknown`` when the callback came
+    before the sender recorded the send.
+    """
     row = (
         await conn.execute(
             sa.select(outbox.c.id, outbox.c.attempts).where(
-                outbox.c.event_id == event_id,
-                outbox.c.state == SENT,
-                outbox.c.provider_id == provider_id,
+                outbox.c.event_id == event_id, _accepted_as(provider_id)
             )
         )
-    ).one_or_none()
+    ).first()
     return None if row is None else (row.id, int(row.attempts))
 
 
-async def mark_sent_many(conn: AsyncConnection, sent: list[tuple[str, str]]) -> None:
-    """``mark_sent`` for many ``(row id, provider id)`` pairs in one statement."""
+async def mark_sent_many(conn: AsyncConnection, sent: list[tuple[str, str, int]]) -> set[str]:
+    """``mark_sent`` for many ``(row id, provider id, attempt)`` in one statement.
+
+    A row counts only while still at that claim's attempt. Returns the rows now ``sent``
+    with their provider id; a row a status callback already re-queued (a retryable
+    failure that outran this record) is not among them and must be left alone.
+    """
     if not sent:
-        return
+        return set()
     await conn.execute(
         outbox.update()
         .where(
             outbox.c.id == sa.bindparam("row_id"),
             # No IN (...): expanding parameters cannot be used with executemany.
             sa.or_(outbox.c.state == CLAIMED, outbox.c.state == UNKNOWN),
+            outbox.c.attempts == sa.bindparam("attempt"),
         )
         .values(
             state=SENT,
@@ -269,5 +307,16 @@ async def mark_sent_many(conn: AsyncConnection, sent: list[tuple[str, str]]) -> 
             last_error=None,
             updated_at=utcnow(),
         ),
-        [{"row_id": row_id, "sid": sid} for row_id, sid in sent],
+        [{"row_id": row_id, "sid": sid, "attempt": attempt} for row_id, sid, attempt in sent],
     )
+    wanted = {row_id: sid for row_id, sid, _ in sent}
+    recorded: set[str] = set()
+    ids = list(wanted)
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            sa.select(outbox.c.id, outbox.c.provider_id).where(
+                outbox.c.id.in_(ids[start : start + 500]), outbox.c.state == SENT
+            )
+        )
+        recorded.update(r.id for r in rows if r.provider_id == wanted[r.id])
+    return recorded

@@ -88,7 +88,9 @@ class Sandbox:
     when given, are the only senders allowed (else 21606). ``base_url`` is where the
     sandbox itself is served, for the URLs of the media it hosts (``run_sandbox`` sets
     it); ``media_redirect`` makes media GETs redirect there (``channels.twilio.sandbox.
-    media``). All may change while it runs.
+    media``). ``callbacks_first`` makes a create answer only after its message's status
+    callbacks were delivered (Twilio's callbacks may reach the hub before its REST answer
+    reaches the sender). All may change while it runs.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Sandbox:
         call_duration: int = 42,
         base_url: str | None = None,
         media_redirect: str | None = None,
+        callbacks_first: bool = False,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -117,6 +120,7 @@ class Sandbox:
         self.call_duration = call_duration
         self.base_url = base_url.rstrip("/") if base_url else None
         self.media_redirect = media_redirect
+        self.callbacks_first = callbacks_first
         #: Message and Call resources by sid, as the REST API shows them, oldest first.
         self.messages: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
@@ -398,10 +402,14 @@ class Sandbox:
         )
         if service and not from_:
             resource["status"] = "accepted"
-        self._spawn(self._progress_message(sid))
+        answer = dict(resource)  # as created, even when the callbacks go first
+        if self.callbacks_first:
+            await self._progress_message(sid)
+        else:
+            self._spawn(self._progress_message(sid))
         if injected is not None:
             return error_response(injected.http_status, injected.code, injected.message)
-        return JSONResponse(resource, status_code=201)
+        return JSONResponse(answer, status_code=201)
 
     async def _fetch_message(self, request: Request) -> Response:
         if (denied := self.denied(request)) is not None:

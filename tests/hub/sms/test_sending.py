@@ -212,6 +212,49 @@ async def test_7_a_retryable_delivery_error_schedules_a_later_attempt(hub: SmsHu
     assert len(event["data"]["previous_attempts"]) == 1
 
 
+async def test_7_callbacks_before_the_send_is_recorded_end_as_when_they_come_after(
+    hub: SmsHub,
+) -> None:
+    # Twilio's callbacks may reach the hub before its answer to the create reaches the
+    # sender: the sandbox answers each create only once its callbacks were delivered, so
+    # every callback below finds the outbox row still claimed and the event without a sid.
+    hub.sandbox.callbacks_first = True
+    queued = {
+        code: await queue_one(hub, f"+1415555{suffix}")
+        for code, suffix in ((30003, "0003"), (30001, "0001"), (None, "0100"))
+    }
+    assert await hub.sender().run_once() == 3
+    assert {c.status_code for c in hub.sandbox.callbacks} == {200}
+    # Each was sent once: nothing is resent blindly.
+    assert len(hub.outbound_at_sandbox()) == 3
+    for code, event_id in queued.items():
+        event = await hub.event(event_id)
+        [row] = await hub.outbox_rows(event_id)
+        if code is None:
+            # Delivered: the send is recorded and its status kept (forward only).
+            assert (event["status"], event["external_id"]) == ("delivered", row["provider_id"])
+            assert (row["state"], row["attempts"]) == ("sent", 1)
+            continue
+        # Retried by its error class, exactly as when the callback comes after the record.
+        [attempt] = event["data"]["previous_attempts"]
+        assert attempt["error_code"] == code
+        assert attempt["status"] in ("undelivered", "failed")
+        assert (event["status"], event["external_id"]) == ("queued", None)
+        assert (row["state"], row["attempts"], row["provider_id"]) == ("pending", 1, None)
+        assert aware(row["not_before"]) > utcnow()
+    # 30003 is retried once only, even when the second attempt's callbacks also come first.
+    event_id = queued[30003]
+    await make_due(hub, event_id)
+    assert await hub.sender().run_once() == 1
+    event = await hub.event(event_id)
+    [row] = await hub.outbox_rows(event_id)
+    assert (event["status"], event["external_id"]) == ("undelivered", row["provider_id"])
+    assert len(event["data"]["previous_attempts"]) == 1
+    assert (row["state"], row["attempts"]) == ("sent", 2)
+    assert await hub.sender().run_once() == 0
+    assert len(hub.outbound_at_sandbox()) == 4
+
+
 # -- 30001 / 429: back off ---------------------------------------------------------------
 
 
