@@ -255,6 +255,29 @@ async def test_7_callbacks_before_the_send_is_recorded_end_as_when_they_come_aft
     assert len(hub.outbound_at_sandbox()) == 4
 
 
+async def test_7_a_retryable_callback_before_a_lost_answer_is_retried_not_left_unknown(
+    hub: SmsHub,
+) -> None:
+    # Twilio accepted the message but its answer was lost (the sender's outcome is
+    # unknown), and the undelivered/30003 callback came before the sender recorded that.
+    hub.sandbox.callbacks_first = True
+    hub.sandbox.fail_next_create(500, 20500, after_accept=True)
+    event_id = await queue_one(hub, "+14155550003")
+    assert await hub.sender().run_once() == 1
+    [sent] = hub.outbound_at_sandbox()
+    event = await hub.event(event_id)
+    [attempt] = event["data"]["previous_attempts"]
+    assert (attempt["external_id"], attempt["error_code"]) == (sent["sid"], 30003)
+    assert (event["status"], event["external_id"]) == ("queued", None)
+    # The retry the callback scheduled stands; the lost answer does not make it unknown.
+    [row] = await hub.outbox_rows(event_id)
+    assert (row["state"], row["attempts"], row["provider_id"]) == ("pending", 1, None)
+    assert aware(row["not_before"]) > utcnow()
+    assert await hub.reconciler().settle_unknown(grace=timedelta(0)) == 0
+    assert await hub.sender().run_once() == 0
+    assert len(hub.outbound_at_sandbox()) == 1
+
+
 # -- 30001 / 429: back off ---------------------------------------------------------------
 
 
