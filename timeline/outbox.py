@@ -17,7 +17,11 @@ it ``unknown`` (the send may have happened), never ``pending``.
 
 States: ``pending -> claimed -> sent | failed | pending (retry) | unknown``;
 ``unknown -> sent | failed | pending`` by reconciliation; ``skipped`` when a send was
-refused before it left (an opted-out customer).
+refused before it left (an opted-out customer). A retryable delivery failure reported
+later (a status callback) sends the row back to ``pending`` (``reopen``), from ``sent``
+or, when the callback came before the sender recorded the send, from ``claimed`` or
+``unknown``; the sender's record of a send or of an unknown outcome then applies only
+to a row still at that claim's attempt.
 """
 
 from __future__ import annotations
