@@ -173,6 +173,21 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(ranges)
 
 
+async def _settle(awaitable: Awaitable[Any], seconds: float) -> bool:
+    """Await ``awaitable`` at most ``seconds``; False if it did not end by then.
+
+    Unlike ``asyncio.wait_for`` it never waits for the cancellation it asks for, so a
+    library call that is slow to end cannot hold up closing (or a worker's shutdown).
+    """
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        return False
+    task.result()
+    return True
+
+
 class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
     """aioimaplib's FETCH, with its "is this message's data complete" check kept up to
     date line by line. aioimaplib 2.0 recomputes it over every line of the response so
@@ -256,7 +271,7 @@ class ImapClient:
         """Log out (politely, briefly) and drop the connection."""
         if not self._lost.is_set():
             with contextlib.suppress(*_CONNECTION_ERRORS):
-                await asyncio.wait_for(self._imap.logout(), timeout=5)
+                await _settle(self._imap.logout(), 5)
         transport = getattr(self._imap.protocol, "transport", None)
         if transport is not None:
             transport.close()
@@ -453,7 +468,8 @@ class ImapClient:
             if not self._lost.is_set():
                 with contextlib.suppress(*_CONNECTION_ERRORS):
                     self._imap.idle_done()
-                    await asyncio.wait_for(idle, timeout=self.config.timeout)
+                    if not await _settle(idle, self.config.timeout):
+                        self._lost.set()  # IDLE never ended: the connection is unusable
 
     async def wait_for_change(
         self, seconds: float, *, poll_interval: float = 60.0, stop: asyncio.Event | None = None
