@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import date
 from typing import Any
 
@@ -148,7 +148,7 @@ async def _prefetched(
     batches: Sequence[Sequence[int]],
     prepare: Prepare | None,
     ahead: int = PREFETCH,
-) -> AsyncIterator[Fetched]:
+) -> AsyncGenerator[Fetched, None]:
     """Each batch with its messages, the next ones fetched (and prepared) meanwhile."""
     queue: asyncio.Queue[Fetched | BaseException] = asyncio.Queue(maxsize=max(ahead, 1))
 
@@ -208,23 +208,25 @@ async def sync_folder(
         checkpoint = saved
         fetched = 0
         planned = await _plan(client, uids, batch_size)
-        async for chunk, messages, prepared in _prefetched(client, folder, planned, prepare):
-            fetched += len(messages)
-            checkpoint = Checkpoint(validity, max(chunk))
-            if messages:
-                await handle(
-                    FetchBatch(
-                        folder,
-                        validity,
-                        messages,
-                        state=checkpoint,
-                        done=fetched,
-                        total=len(uids),
-                        prepared=prepared,
+        # aclosing: an error of ``handle`` stops the prefetching at once, not at GC.
+        async with contextlib.aclosing(_prefetched(client, folder, planned, prepare)) as got:
+            async for chunk, messages, prepared in got:
+                fetched += len(messages)
+                checkpoint = Checkpoint(validity, max(chunk))
+                if messages:
+                    await handle(
+                        FetchBatch(
+                            folder,
+                            validity,
+                            messages,
+                            state=checkpoint,
+                            done=fetched,
+                            total=len(uids),
+                            prepared=prepared,
+                        )
                     )
-                )
-            else:
-                await save_checkpoint(folder, checkpoint)
+                else:
+                    await save_checkpoint(folder, checkpoint)
         if fetched:
             log.info("IMAP %s: %d new message(s)", folder, fetched)
         return SyncResult(folder, checkpoint, fetched)
@@ -250,29 +252,30 @@ async def sync_folder(
     batches = await _plan(client, uids, batch_size)
     fetched = 0
     index = 0
-    async for chunk, messages, prepared in _prefetched(client, folder, batches, prepare):
-        index += 1
-        fetched += len(messages)
-        last = index == len(batches)
-        progress: SyncState = (
-            final if last else FirstSyncProgress(validity, top, min(chunk), resync)
-        )
-        if messages:
-            await handle(
-                FetchBatch(
-                    folder,
-                    validity,
-                    messages,
-                    initial=True,
-                    resync=resync,
-                    state=progress,
-                    done=fetched,
-                    total=len(uids),
-                    prepared=prepared,
-                )
+    async with contextlib.aclosing(_prefetched(client, folder, batches, prepare)) as got:
+        async for chunk, messages, prepared in got:
+            index += 1
+            fetched += len(messages)
+            last = index == len(batches)
+            progress: SyncState = (
+                final if last else FirstSyncProgress(validity, top, min(chunk), resync)
             )
-        else:
-            await save_checkpoint(folder, progress)
+            if messages:
+                await handle(
+                    FetchBatch(
+                        folder,
+                        validity,
+                        messages,
+                        initial=True,
+                        resync=resync,
+                        state=progress,
+                        done=fetched,
+                        total=len(uids),
+                        prepared=prepared,
+                    )
+                )
+            else:
+                await save_checkpoint(folder, progress)
     if not batches:
         await save_checkpoint(folder, final)
     log.info("IMAP %s: first sync read %d message(s)", folder, fetched)
