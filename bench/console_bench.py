@@ -33,7 +33,6 @@ import asyncio
 import gc
 import html
 import re
-import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from datetime import UTC, datetime
 from bench.data import Generator
 from bench.timeline_bench import (
     BUSY,
+    KeepAlive,
     Latency,
     Verdict,
     analyze,
@@ -65,58 +65,6 @@ from timeline.db import Database
 TARGET = 0.050
 EMPTY_PATH = "/api/v1/customers/{id}/timeline"
 _NEXT = re.compile(r'hx-get="(/ui/customers/[^"]+/timeline\?[^"]+)"')
-
-
-class Client:
-    """A minimal HTTP/1.1 keep-alive client on one socket: GET with a cookie, status, body."""
-
-    def __init__(self, port: int, cookie: str) -> None:
-        self.port = port
-        self.cookie = cookie
-        self.sock = self._connect()
-        self.buf = bytearray()
-
-    def _connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """One GET; a connection the server closed while idle (uvicorn's keep-alive
-        timeout is 5 s) is opened again once."""
-        try:
-            return self._get(path)
-        except (ConnectionError, OSError):
-            self.sock.close()
-            self.sock, self.buf = self._connect(), bytearray()
-            return self._get(path)
-
-    def _get(self, path: str) -> tuple[int, bytes]:
-        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {self.cookie}\r\n\r\n"
-        self.sock.sendall(request.encode())
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            self._recv()
-        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        status = int(head[0].split(" ", 2)[1])
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        while len(self.buf) < end + 4 + length:
-            self._recv()
-        body = bytes(self.buf[end + 4 : end + 4 + length])
-        del self.buf[: end + 4 + length]
-        return status, body
-
-    def _recv(self) -> None:
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        self.buf += chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def console_session(url: str) -> str:
@@ -147,7 +95,8 @@ def measure(
     then (shown, not judged) the page of the customer with the most events."""
     hub_args = ["hub", "--db-url", url, "--data-dir", data_dir]
     with server(hub_args) as (hub_port, hub_pid), server(["empty"]) as (empty_port, empty_pid):
-        hub, empty = Client(hub_port, cookie), Client(empty_port, cookie)
+        header = f"Cookie: {cookie}\r\n"
+        hub, empty = KeepAlive(hub_port, header), KeepAlive(empty_port, header)
         try:
             paths: dict[str, list[str]] = {"page": [], "fragment": [], "empty": []}
             sizes: dict[str, int] = {}

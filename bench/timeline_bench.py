@@ -448,16 +448,35 @@ def server(args: list[str]) -> Iterator[tuple[int, int]]:
 
 
 class KeepAlive:
-    """A minimal HTTP/1.1 keep-alive client on one socket: GET, status and body."""
+    """A minimal HTTP/1.1 keep-alive client on one socket: GET, status and body.
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    `headers` are sent with every request (e.g. a session cookie); a connection the
+    server closed while idle (uvicorn's keep-alive timeout is 5 s) is opened again once.
+    """
+
+    def __init__(self, port: int, headers: str = "") -> None:
+        self.port = port
+        self.headers = headers
+        self.sock = self._connect()
         self.buf = bytearray()
 
-    def get(self, path: str, token: str | None) -> tuple[int, bytes]:
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{self.headers}\r\n"
+        try:
+            return self._exchange(request.encode())
+        except (ConnectionError, OSError):
+            self.sock.close()
+            self.sock, self.buf = self._connect(), bytearray()
+            return self._exchange(request.encode())
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(request)
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._recv()
         head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
@@ -474,7 +493,7 @@ class KeepAlive:
         return status, body
 
     def _recv(self) -> None:
-        chunk = self.sock.recv(65536)
+        chunk = self.sock.recv(1 << 20)
         if not chunk:
             raise ConnectionError("server closed the connection")
         self.buf += chunk
