@@ -5,8 +5,9 @@ https://www.twilio.com/docs/usage/webhooks/webhooks-security
 The signature is ``base64(HMAC-SHA1(auth token, URL + key1 + value1 + key2 + ...))`` with
 the form's keys sorted. For a JSON body Twilio adds ``bodySHA256=<hex SHA-256 of the raw
 body>`` to the URL and signs only the URL; the body is then trusted through that hash.
-The computation is the official SDK's (``twilio.request_validator.RequestValidator``);
-the comparison here is :func:`hmac.compare_digest`.
+:func:`sign` is the official SDK's computation (``twilio.request_validator``);
+:func:`verify` computes the same HMAC itself, cheaper per webhook (see ``_signature``),
+and keeps the SDK's URL port variants; the comparison is :func:`hmac.compare_digest`.
 
 The URL is the one Twilio requested, which behind a proxy is not the URL the hub sees:
 build it with :func:`public_url_for` from ``HUB_PUBLIC_URL``, never from the request.
@@ -14,6 +15,7 @@ build it with :func:`public_url_for` from ``HUB_PUBLIC_URL``, never from the req
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Iterator
@@ -95,24 +97,37 @@ def verify(
         digest = hashlib.sha256(body).hexdigest()
         if not hmac.compare_digest(digest.encode(), given[0].lower().encode()):
             return False
-        pairs = None
+        pairs: list[tuple[str, str]] | None = None
     else:
         try:
-            pairs = _Pairs(form_items(params)) if params is not None else None
+            pairs = form_items(params) if params is not None else None
         except PayloadError:
             return False
-    validator = RequestValidator(auth_token)
     wanted = signature.encode()
+    key = auth_token.encode("utf-8")
     # The URL as given first; the other port forms only on a mismatch (building them
     # costs as much as the HMAC). Which form matched is no secret, so stopping early
     # leaks nothing about the signature.
-    if hmac.compare_digest(validator.compute_signature(url, pairs).encode(), wanted):
+    if hmac.compare_digest(_signature(key, url, pairs), wanted):
         return True
     parsed = urlsplit(url)
     for candidate in dict.fromkeys((remove_port(parsed), add_port(parsed))):
         if candidate == url:
             continue
-        expected = validator.compute_signature(candidate, pairs)
-        if hmac.compare_digest(expected.encode(), wanted):
+        if hmac.compare_digest(_signature(key, candidate, pairs), wanted):
             return True
     return False
+
+
+def _signature(key: bytes, url: str, pairs: list[tuple[str, str]] | None) -> bytes:
+    """``RequestValidator.compute_signature`` (HMAC-SHA1), for pairs already checked.
+
+    The same string is signed: the URL, then each distinct ``key + value`` in key order
+    and, for a key, value order (the SDK's ``sorted(set(...))`` of keys, then of each
+    key's values, is ``sorted(set(pairs))``). The SDK needs a multi-dict built per request
+    and a string concatenation per pair: :func:`verify` of a 19-field inbound form took
+    14 us with it and 6 us with this (timeit, CPython 3.11); tests/channels/twilio/
+    test_signature.py checks this against the SDK's :func:`sign`.
+    """
+    data = url + "".join([name + value for name, value in sorted(set(pairs or ()))])
+    return base64.b64encode(hmac.new(key, data.encode("utf-8"), hashlib.sha1).digest())

@@ -58,6 +58,24 @@ def test_repeated_keys_are_all_signed() -> None:
     assert not verify(TOKEN, URL, pairs[:-1], None, expected)
 
 
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [],
+        [("Body", "")],
+        [("b", "2"), ("a", "9"), ("a", "1"), ("a", "1"), ("ab", ""), ("a", "10")],
+        [("Body", "caf\u00e9 \U0001f600 & = +%"), ("To", "+14155550123"), ("From", "+1")],
+    ],
+)
+def test_verify_agrees_with_the_sdk_on_repeated_and_duplicate_pairs(
+    pairs: list[tuple[str, str]],
+) -> None:
+    # verify computes the HMAC itself; sign is the SDK's RequestValidator.
+    signature = sign(TOKEN, URL, pairs)
+    assert verify(TOKEN, URL, pairs, None, signature)
+    assert not verify(TOKEN, URL, [*pairs, ("x", "y")], None, signature)
+
+
 def test_published_body_sha256_vector() -> None:
     body = fixture_bytes("json_body_sha256.json")
     assert hashlib.sha256(body).hexdigest() == BODY_HASH
