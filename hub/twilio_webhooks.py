@@ -82,8 +82,12 @@ async def verified_form(
         body = await _read_limited(request)
     except _TooLarge:
         return None, json_error(413, "too_large", f"webhook bodies are at most {MAX_BODY} bytes")
+    # The matched route's path and the raw query, from the scope: what request.url
+    # would give here, without building a URL per webhook (~4 us, timeit).
     url = signature.public_url_for(
-        services.settings.public_url, request.url.path, request.url.query
+        services.settings.public_url,
+        request.scope["path"],
+        request.scope.get("query_string", b"").decode(),
     )
     header = request.headers.get(signature.SIGNATURE_HEADER)
     content_type = request.headers.get("content-type", "")
