@@ -93,15 +93,6 @@ class GroupWriter:
             first = await self._queue.get()
             if first is _STOP:
                 return
-            # A few passes of the event loop first (yields, not a delay) while submissions
-            # keep arriving: the handlers already runnable submit too and share this
-            # transaction instead of each waiting for the next one. Measured with
-            # bench.sms_bench --quick: fewer, larger batches cut the hub's CPU per webhook.
-            for _ in range(4):
-                waiting = self._queue.qsize()
-                await asyncio.sleep(0)
-                if self._queue.qsize() == waiting:
-                    break
             batch = [first]
             size = len(first[0])
             while size < self.max_batch and not self._queue.empty():
