@@ -109,6 +109,15 @@ FIELDS: tuple[Field, ...] = (
         "how long a stored `Idempotency-Key` answer is replayed before it is forgotten",
     ),
     Field(
+        "HUB_OUTBOX_STALE_AFTER",
+        "outbox_stale_after",
+        "float",
+        "600",
+        "seconds a send may stay claimed before its worker is taken for dead; the outcome "
+        "then becomes unknown and reconciliation asks the provider, never resends blindly "
+        "(keep it well above a send's timeout)",
+    ),
+    Field(
         "HUB_RETENTION_FILES_DAYS",
         "retention_files_days",
         "int",
@@ -179,6 +188,15 @@ FIELDS: tuple[Field, ...] = (
         "float",
         "1",
         "messages per second per sending number (0 turns the limit off)",
+        group="twilio",
+    ),
+    Field(
+        "TWILIO_RECONCILE_EVERY",
+        "twilio_reconcile_every",
+        "float",
+        "300",
+        "seconds between reconciliation rounds with Twilio: lost status callbacks, sends "
+        "with an unknown outcome, lost inbound webhooks, calls left open",
         group="twilio",
     ),
     Field(

@@ -44,6 +44,7 @@ class Settings:
     max_upload_bytes: int = 25 * 1024 * 1024
     log_level: str = "INFO"
     idempotency_ttl_hours: int = 24
+    outbox_stale_after: float = 600.0
     retention_files_days: int = 0
     retention_recordings_days: int = 0
     retention_provider_data_days: int = 0
@@ -53,6 +54,7 @@ class Settings:
     twilio_numbers: tuple[str, ...] = ()
     twilio_api_base: str = "https://api.twilio.com"
     twilio_sms_rate: float = 1.0
+    twilio_reconcile_every: float = 300.0
     twilio_help_text: str = "Reply STOP to stop messages, START to get them again."
     twilio_sandbox: bool = False
     twilio_voice_route: str = "clients"
@@ -208,6 +210,12 @@ def _validate(values: dict[str, Any], given: set[str]) -> None:
         raise SettingsError("HUB_SECRET_KEY", "too short: use at least 32 random characters")
     if values["max_upload_bytes"] <= 0:
         raise SettingsError("HUB_MAX_UPLOAD_BYTES", "must be positive")
+    for key, attr in (
+        ("HUB_OUTBOX_STALE_AFTER", "outbox_stale_after"),
+        ("TWILIO_RECONCILE_EVERY", "twilio_reconcile_every"),
+    ):
+        if values[attr] <= 0:
+            raise SettingsError(key, "must be a positive number of seconds")
     for number in values["twilio_numbers"]:
         try:
             parsed = phonenumbers.parse(number, None)

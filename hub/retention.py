@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 MAX_BATCHES = 20
-#: Seconds between runs (``hub.workers.JOBS``).
+#: Seconds between runs (``hub.workers.base_jobs``).
 EVERY = 3600.0
 
 
@@ -141,5 +141,5 @@ async def apply(services: Services, *, now: datetime | None = None) -> Report:
 
 
 async def retention_job(services: Services) -> None:
-    """The worker job (``hub.workers.JOBS``)."""
+    """The worker job (``hub.workers.base_jobs``)."""
     await apply(services)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from config import Settings
 from hub.retention import EVERY as RETENTION_EVERY
 from hub.retention import retention_job
 from hub.services import Services
@@ -24,16 +25,18 @@ log = logging.getLogger(__name__)
 Job = Callable[[Services], Awaitable[None]]
 Loop = Callable[[], Coroutine[Any, Any, None]]
 
-#: Seconds between reconciliation rounds with the provider.
-RECONCILE_EVERY = 300.0
-
-#: A claim older than this belongs to a dead worker (senders finish in seconds).
-STALE_CLAIM = timedelta(minutes=10)
+#: Seconds between rounds of the outbox recovery, at most (less when
+#: ``HUB_OUTBOX_STALE_AFTER`` is shorter).
+RECOVERY_EVERY = 60.0
 
 
 async def outbox_recovery(services: Services) -> None:
-    """Turn claims of dead workers into ``unknown`` for reconciliation."""
-    recovered = await outbox.recover_stale(services.db, STALE_CLAIM)
+    """Turn claims older than ``HUB_OUTBOX_STALE_AFTER`` (dead workers) into ``unknown``.
+
+    Reconciliation then settles them by asking the provider (RELIABILITY.md, Outbox 31).
+    """
+    stale_after = timedelta(seconds=services.settings.outbox_stale_after)
+    recovered = await outbox.recover_stale(services.db, stale_after)
     if recovered:
         log.warning("%d outbox rows had stale claims; marked unknown", recovered)
 
@@ -46,12 +49,13 @@ async def idempotency_expiry(services: Services) -> None:
         log.info("forgot %d expired idempotency keys", removed)
 
 
-#: name -> (job, seconds between runs)
-JOBS: dict[str, tuple[Job, float]] = {
-    "outbox-recovery": (outbox_recovery, 60.0),
-    "idempotency-expiry": (idempotency_expiry, 3600.0),
-    "retention": (retention_job, RETENTION_EVERY),
-}
+def base_jobs(settings: Settings) -> dict[str, tuple[Job, float]]:
+    """name -> (job, seconds between runs) of the jobs that need no channel."""
+    return {
+        "outbox-recovery": (outbox_recovery, min(RECOVERY_EVERY, settings.outbox_stale_after)),
+        "idempotency-expiry": (idempotency_expiry, 3600.0),
+        "retention": (retention_job, RETENTION_EVERY),
+    }
 
 
 async def _loop(name: str, job: Job, every: float, services: Services) -> None:
@@ -77,11 +81,12 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
         sender = SmsSender(services, services.twilio)
         reconciler = Reconciler(services, services.twilio)
         loops["sms-sender"] = sender.run_forever
+        every = services.settings.twilio_reconcile_every
 
         async def reconcile(_: Services) -> None:
             await reconciler.run_once()
 
-        jobs["sms-reconcile"] = (reconcile, RECONCILE_EVERY)
+        jobs["sms-reconcile"] = (reconcile, every)
 
         from hub.voice_reconcile import reconcile_calls
 
@@ -90,7 +95,7 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
         async def reconcile_voice(_: Services) -> None:
             await reconcile_calls(services, twilio)
 
-        jobs["voice-reconcile"] = (reconcile_voice, RECONCILE_EVERY)
+        jobs["voice-reconcile"] = (reconcile_voice, every)
         jobs["mms-media"] = (fetch_media, MEDIA_EVERY)
     if services.settings.channel_enabled("smtp"):
         from hub.email_sender import EmailSender
@@ -130,7 +135,7 @@ class Workers:
         self.services = services
         if jobs is None and loops is None:
             extra_jobs, loops = channel_jobs(services)
-            jobs = {**JOBS, **extra_jobs}
+            jobs = {**base_jobs(services.settings), **extra_jobs}
         self.jobs = jobs or {}
         self.loops = loops or {}
         self.tasks: list[asyncio.Task[None]] = []

@@ -1,9 +1,15 @@
-"""Crash safety as tests (RELIABILITY 30, 34), with real processes and ``kill -9``.
+"""Crash safety as tests (RELIABILITY 30, 31, 34), with real processes and ``kill -9``.
 
 30: a hub (``run.py serve --no-workers`` on SQLite, Twilio configured) receives 1000
 signed inbound SMS webhooks, 50 at a time, and is killed with SIGKILL midway. After a
 restart, every webhook that was answered 2xx is stored exactly once; Twilio's retries of
 the rest (sent again here) are stored once too.
+
+31: a hub with its workers (``run.py serve``) sends a queued SMS to the Twilio sandbox,
+served by this test process; the moment the sandbox has accepted the message, before its
+answer leaves, the sandbox kills the hub with SIGKILL. After a restart the outbox
+recovery and the reconciler of the new process settle the send from Twilio's records:
+one message at Twilio, none sent again, the event carries its MessageSid.
 
 34: three writer processes ingest concurrently through ``timeline.ingest`` into one
 SQLite file: none fails with "database is locked"; then writers are killed with SIGKILL
@@ -13,6 +19,7 @@ again and again, and ``PRAGMA integrity_check`` still answers ``ok``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -27,6 +34,7 @@ import httpx
 import pytest
 
 from channels.twilio.forms import encode_form
+from channels.twilio.sandbox import Sandbox, run_sandbox
 from channels.twilio.signature import sign
 from tests.hub.test_cli import clean_env
 
@@ -47,7 +55,10 @@ def _free_port() -> int:
         return port
 
 
-def _start_hub(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_hub(
+    tmp_path: Path, port: int, *, workers: bool = False, **settings: str
+) -> subprocess.Popen[bytes]:
+    """``run.py serve`` on the test's SQLite file with Twilio configured, plus ``settings``."""
     env = clean_env(
         HUB_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/hub.db",
         HUB_PUBLIC_URL=f"http://127.0.0.1:{port}",
@@ -58,8 +69,10 @@ def _start_hub(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
         TWILIO_NUMBERS=OUR_NUMBER,
     )
+    env.update(settings)
+    serve = ["serve"] if workers else ["serve", "--no-workers"]
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "serve", "--no-workers", "--port", str(port)],
+        [sys.executable, str(ROOT / "run.py"), *serve, "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -164,6 +177,125 @@ async def test_kill_9_during_webhooks_loses_no_acknowledged_message(tmp_path: Pa
         if hub.poll() is None:
             hub.terminate()
             hub.wait(10)
+
+
+CUSTOMER = "+14155550100"
+#: No status callback reaches the hub: only reconciliation can settle the send.
+EVERY_STATUS = ("queued", "sending", "sent", "delivered", "undelivered", "failed")
+
+
+def _start_sending_hub(tmp_path: Path, port: int, api_base: str) -> subprocess.Popen[bytes]:
+    return _start_hub(
+        tmp_path,
+        port,
+        workers=True,
+        HUB_LOG_LEVEL="INFO",
+        HUB_OUTBOX_STALE_AFTER="1",
+        TWILIO_API_BASE=api_base,
+        TWILIO_SMS_RATE="0",
+        TWILIO_RECONCILE_EVERY="0.5",
+    )
+
+
+def _add_agent(tmp_path: Path) -> str:
+    """``run.py agent add`` on the test's database; its token."""
+    added = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "agent",
+            "add",
+            "ops@example.com",
+            "--role",
+            "agent",
+        ],
+        cwd=tmp_path,
+        env=clean_env(HUB_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/hub.db"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    token: str = added.stdout.strip().splitlines()[-1]
+    return token
+
+
+def _logs(tmp_path: Path) -> str:
+    return "".join(p.read_text() for p in sorted(tmp_path.glob("hub-*.log")))
+
+
+def _outbox_row(db: Path) -> tuple[str, str | None, str | None, str]:
+    """(outbox state, provider id, the event's MessageSid, the event's status) of the send."""
+    with sqlite3.connect(db) as conn:
+        row: tuple[str, str | None, str | None, str] = conn.execute(
+            "SELECT o.state, o.provider_id, e.external_id, e.status "
+            "FROM outbox o JOIN events e ON e.id = o.event_id"
+        ).fetchone()
+    return row
+
+
+async def test_31_kill_9_between_acceptance_and_record_is_settled_by_reconciliation(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    token = await asyncio.to_thread(_add_agent, tmp_path)
+    sandbox = Sandbox(ACCOUNT, AUTH_TOKEN, base, numbers=[OUR_NUMBER], drop_statuses=EVERY_STATUS)
+    accepted: list[str] = []
+    async with run_sandbox(sandbox) as api_base:
+        hub = _start_sending_hub(tmp_path, port, api_base)
+
+        def kill_the_sender(message: dict[str, object]) -> None:
+            accepted.append(str(message["sid"]))
+            hub.send_signal(signal.SIGKILL)
+            hub.wait(10)  # dead before the answer is written
+
+        sandbox.on_accept = kill_the_sender
+        try:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=base, timeout=10, headers=headers) as client:
+                await _wait_up(client, hub)
+                created = await client.post(
+                    "/api/v1/customers", json={"name": "Ada", "phones": [CUSTOMER]}
+                )
+                assert created.status_code == 201, created.text
+                queued = await client.post(
+                    "/api/v1/messages",
+                    json={
+                        "customer_id": created.json()["id"],
+                        "channel": "sms",
+                        "text": "Your appointment is tomorrow at 10:00",
+                    },
+                )
+                assert queued.status_code == 202, queued.text
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(hub.wait, 30)
+            assert hub.returncode == -signal.SIGKILL, "the sandbox never accepted the send"
+            sandbox.on_accept = None
+            [sid] = accepted
+            # Twilio has the message; the hub died holding the claim, knowing nothing.
+            assert [m["sid"] for m in sandbox.phone_log(CUSTOMER)] == [sid]
+            assert _outbox_row(tmp_path / "hub.db") == ("claimed", None, None, "queued")
+
+            await asyncio.sleep(1.2)  # the claim is now older than HUB_OUTBOX_STALE_AFTER
+            hub = _start_sending_hub(tmp_path, port, api_base)
+            deadline = time.monotonic() + 30
+            while _outbox_row(tmp_path / "hub.db")[0] != "sent":
+                assert hub.poll() is None, "the restarted hub exited"
+                assert time.monotonic() < deadline, _outbox_row(tmp_path / "hub.db")
+                await asyncio.sleep(0.1)
+            await sandbox.settle()
+            assert _outbox_row(tmp_path / "hub.db") == ("sent", sid, sid, "delivered")
+            # More rounds of recovery, sending and reconciliation send nothing again.
+            await asyncio.sleep(2)
+            assert [m["sid"] for m in sandbox.phone_log(CUSTOMER)] == [sid]
+            assert len(sandbox.messages) == 1
+        finally:
+            if hub.poll() is None:
+                hub.terminate()
+                hub.wait(10)
+    assert "stale claims; marked unknown" in _logs(tmp_path)
 
 
 def _writers(url: str, round_: int, count: int) -> list[subprocess.Popen[str]]:

@@ -14,9 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from channels.twilio.client import TwilioClient
+from config import Settings
 from hub import retention
 from hub.services import Services
-from hub.workers import JOBS
+from hub.workers import base_jobs
 from tests.hub.conftest import Hub
 from tests.hub.voice.conftest import (  # noqa: F401 - fixtures, found by pytest by name
     OUR_NUMBER,
@@ -73,7 +74,7 @@ async def document_rows(hub: Hub) -> dict[str, Any]:
 
 
 def test_the_job_is_registered() -> None:
-    assert JOBS["retention"] == (retention.retention_job, retention.EVERY)
+    assert base_jobs(Settings())["retention"] == (retention.retention_job, retention.EVERY)
 
 
 async def test_settings_off_change_nothing(hub: Hub) -> None:

@@ -11,7 +11,7 @@ import email.utils
 import hmac
 import logging
 import secrets
-from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 import httpx
@@ -90,7 +90,9 @@ class Sandbox:
     it); ``media_redirect`` makes media GETs redirect there (``channels.twilio.sandbox.
     media``). ``callbacks_first`` makes a create answer only after its message's status
     callbacks were delivered (Twilio's callbacks may reach the hub before its REST answer
-    reaches the sender). All may change while it runs.
+    reaches the sender). ``on_accept``, when set, is called with each Message resource
+    the sandbox created, before its answer is sent (a crash test kills the sender there,
+    between the provider's acceptance and the hub's record). All may change while it runs.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Sandbox:
         self.base_url = base_url.rstrip("/") if base_url else None
         self.media_redirect = media_redirect
         self.callbacks_first = callbacks_first
+        self.on_accept: Callable[[dict[str, Any]], None] | None = None
         #: Message and Call resources by sid, as the REST API shows them, oldest first.
         self.messages: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
@@ -403,6 +406,8 @@ class Sandbox:
         if service and not from_:
             resource["status"] = "accepted"
         answer = dict(resource)  # as created, even when the callbacks go first
+        if self.on_accept is not None:
+            self.on_accept(answer)
         if self.callbacks_first:
             await self._progress_message(sid)
         else:
