@@ -88,12 +88,12 @@ def channel_jobs(services: Services) -> tuple[dict[str, tuple[Job, float]], dict
 
         jobs["sms-reconcile"] = (reconcile, every)
 
-        from hub.voice_reconcile import reconcile_calls
+        from hub import voice_reconcile
 
         twilio = services.twilio
 
         async def reconcile_voice(_: Services) -> None:
-            await reconcile_calls(services, twilio)
+            await voice_reconcile.run_once(services, twilio)
 
         jobs["voice-reconcile"] = (reconcile_voice, every)
         jobs["mms-media"] = (fetch_media, MEDIA_EVERY)

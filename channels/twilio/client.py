@@ -290,6 +290,28 @@ class TwilioClient:
         instances = await self._do(lambda c: c.messages.list_async(**kwargs))
         return [_message(instance) for instance in instances]
 
+    async def list_calls(
+        self,
+        *,
+        to: str | None = None,
+        from_: str | None = None,
+        parent_sid: str | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> list[CallRecord]:
+        """Calls of the account, newest first, following Twilio's pages.
+
+        ``to``, ``from_`` and ``parent_sid`` narrow the list (a click-to-call whose
+        answer never reached us, the legs a call dialled). For reconciliation.
+        https://www.twilio.com/docs/voice/api/call-resource#read-multiple-call-resources
+        """
+        filters = {"to": to, "from_": from_, "parent_call_sid": parent_sid}
+        kwargs: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+        instances = await self._do(
+            lambda c: c.calls.list_async(limit=limit, page_size=page_size, **kwargs)
+        )
+        return [_call(instance) for instance in instances]
+
     async def start_call(
         self,
         *,

@@ -279,6 +279,7 @@ class Sandbox:
             Route(f"{_PREFIX}/Messages.json", self._list_messages, methods=["GET"]),
             Route(f"{_PREFIX}/Messages/{{sid}}.json", self._fetch_message, methods=["GET"]),
             Route(f"{_PREFIX}/Calls.json", self._create_call, methods=["POST"]),
+            Route(f"{_PREFIX}/Calls.json", self._list_calls, methods=["GET"]),
             Route(f"{_PREFIX}/Calls/{{sid}}.json", self._fetch_call, methods=["GET"]),
             *media_routes(self, _PREFIX),
             *phone_routes(self),
@@ -429,8 +430,7 @@ class Sandbox:
             return denied
         query = request.query_params
         try:
-            page_size = min(max(int(query.get("PageSize", "50")), 1), 1000)
-            page = max(int(query.get("Page", "0")), 0)
+            page, page_size = shapes.paging(query)
             bounds = [
                 (op, shapes.parse_date_filter(query[f"DateSent{op}"]))
                 for op in ("", ">", "<")
@@ -509,6 +509,34 @@ class Sandbox:
         if injected is not None:
             return error_response(injected.http_status, injected.code, injected.message)
         return JSONResponse(resource, status_code=201)
+
+    async def _list_calls(self, request: Request) -> Response:
+        """Calls newest first, filtered by ``To``, ``From``, ``ParentCallSid``, ``Status``.
+
+        https://www.twilio.com/docs/voice/api/call-resource#read-multiple-call-resources
+        """
+        if (denied := self.denied(request)) is not None:
+            return denied
+        query = request.query_params
+        try:
+            page, page_size = shapes.paging(query)
+        except ValueError as exc:
+            return error_response(400, 20001, f"Invalid parameter: {exc}")
+        filters = {
+            "To": "to",
+            "From": "from",
+            "ParentCallSid": "parent_call_sid",
+            "Status": "status",
+        }
+        wanted = [(field, query[name]) for name, field in filters.items() if query.get(name)]
+        selected = [
+            resource
+            for resource in reversed(self.calls.values())
+            if all(resource[field] == value for field, value in wanted)
+        ]
+        kept = [(k, v) for k, v in query.multi_items() if k not in shapes.PAGING]
+        base = f"/{API_VERSION}/Accounts/{self.account_sid}/Calls.json"
+        return JSONResponse(shapes.list_page("calls", selected, base, kept, page, page_size))
 
     async def _fetch_call(self, request: Request) -> Response:
         if (denied := self.denied(request)) is not None:

@@ -13,7 +13,7 @@ import email.utils
 import mimetypes
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -311,6 +311,12 @@ def twiml_messages(text: str) -> list[str]:
 
 #: Query parameters of paging, left out when a page names its neighbours.
 PAGING = frozenset({"Page", "PageSize", "PageToken"})
+
+
+def paging(query: Mapping[str, str]) -> tuple[int, int]:
+    """``(page, page_size)`` of a list request; ValueError if not whole numbers."""
+    page_size = min(max(int(query.get("PageSize", "50")), 1), 1000)
+    return max(int(query.get("Page", "0")), 0), page_size
 
 
 def list_page(

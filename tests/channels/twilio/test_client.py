@@ -265,6 +265,23 @@ async def test_calls_create_fetch_and_callbacks(
     assert caught.value.code == 21205
 
 
+async def test_calls_are_listed_newest_first_by_number_and_parent(
+    twilio: TwilioClient, sandbox: Sandbox
+) -> None:
+    url = "https://hub.example.com/webhooks/twilio/voice"
+    first = await twilio.start_call(from_=OUR_NUMBER, to=CUSTOMER, url=url)
+    second = await twilio.start_call(from_=OUR_NUMBER, to="+14155550177", url=url)
+    await sandbox.settle()
+    listed = await twilio.list_calls(from_=OUR_NUMBER, page_size=1)
+    assert [c.sid for c in listed] == [second.sid, first.sid]
+    assert {c.direction for c in listed} == {"outbound-api"}
+    [only] = await twilio.list_calls(to=CUSTOMER)
+    assert (only.sid, only.to, only.from_) == (first.sid, CUSTOMER, OUR_NUMBER)
+    assert only.date_created is not None and only.status == "completed"
+    assert await twilio.list_calls(parent_sid=first.sid) == []
+    assert await twilio.list_calls(from_="+14155550000") == []
+
+
 async def test_phone_numbers_are_not_logged_above_debug(
     twilio: TwilioClient, caplog: pytest.LogCaptureFixture
 ) -> None:
