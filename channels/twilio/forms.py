@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote, unquote_to_bytes, urlencode
 
 from channels.twilio.errors import PayloadError
 
@@ -27,11 +27,17 @@ class _MultiItems(Protocol):
 Form: TypeAlias = _MultiItems | Mapping[str, str] | Iterable[tuple[str, str]]
 
 
+class _DecodedForm(list[tuple[str, str]]):
+    """What :func:`decode_form` returns: text pairs by construction, checked once."""
+
+
 def form_items(form: Form) -> list[tuple[str, str]]:
     """The form's ``(key, value)`` pairs in order, repeated keys kept.
 
     Raises :class:`PayloadError` for a value that is not text (a file upload).
     """
+    if type(form) is _DecodedForm:
+        return form  # every webhook's form goes through here twice (verify, parse)
     # A duck-typed check: isinstance against a runtime_checkable Protocol costs ~17 us.
     multi_items = getattr(form, "multi_items", None)
     if callable(multi_items):
@@ -49,12 +55,41 @@ def form_items(form: Form) -> list[tuple[str, str]]:
 
 
 def decode_form(body: bytes) -> list[tuple[str, str]]:
-    """Parse a raw urlencoded body into pairs; :class:`PayloadError` if it is not UTF-8."""
+    """Parse a raw urlencoded body into pairs; :class:`PayloadError` if it is not UTF-8.
+
+    The same pairs as ``urllib.parse.parse_qsl(text, keep_blank_values=True)`` (tests
+    compare them): ``&``-separated fields, empty ones skipped, a field without ``=`` has
+    an empty value, ``+`` is a space, then percent-decoding (UTF-8, invalid sequences
+    replaced). parse_qsl costs 16 us for Twilio's 19-field inbound form (timeit): it
+    replaces and unquotes every name and value; most of them hold neither ``+`` nor
+    ``%``, so here only those that do are touched.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("body", "not UTF-8 urlencoded form data") from None
-    return parse_qsl(text, keep_blank_values=True)
+    # For ASCII text (what Twilio sends) unquote is exactly this, at half the cost.
+    decode = _unquote_ascii if text.isascii() else unquote
+    pairs = _DecodedForm()
+    append = pairs.append
+    for field in text.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = decode(name)
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = decode(value)
+        append((name, value))
+    return pairs
+
+
+def _unquote_ascii(text: str) -> str:
+    return unquote_to_bytes(text).decode("utf-8", "replace")
 
 
 def encode_form(items: Iterable[tuple[str, str]]) -> bytes:
