@@ -176,6 +176,7 @@ class MailIngest:
         warned = sum(1 for item in parsed if item.warnings)
         if warned:
             log.info("mail %s: %d message(s) parsed with warnings", batch.folder, warned)
+        await self._write_files(parsed)
         async with self.services.db.write() as conn:
             # Only new mail proves an address works again; a first sync or a resync
             # also reads old mail from before a bounce.
@@ -198,6 +199,24 @@ class MailIngest:
             created,
             " (resync)" if batch.resync else "",
         )
+
+    async def _write_files(self, parsed: list[ParsedEmail]) -> None:
+        """Write the batch's attachment files in a thread, before its transaction.
+
+        Each file is fsynced; done inside ``ingest_batch`` that would stall the event loop
+        and hold SQLite's write lock for every other writer meanwhile. The store is
+        content-addressed, so ingest then finds them stored, and a batch that fails to
+        commit leaves only files no row refers to, never a half-written document.
+        """
+        files = self.services.files
+        contents = [
+            att.content
+            for item in parsed
+            for att in item.event.attachments
+            if att.content is not None
+        ]
+        if contents:
+            await asyncio.to_thread(lambda: [files.put(content) for content in contents])
 
     async def _ingest(
         self, conn: AsyncConnection, parsed: list[ParsedEmail], *, lift_bounces: bool = True

@@ -2,7 +2,7 @@
 
 Content addressing makes writing a file idempotent and lets the database row be the
 only thing a transaction has to get right: a file whose row never committed is an
-unreferenced blob (``orphans()`` lists them), never a half-written document.
+unreferenced blob, never a half-written document.
 """
 
 from __future__ import annotations
