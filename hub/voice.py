@@ -67,7 +67,7 @@ from hub.voice_state import (
     routing,
     webhook_url,
 )
-from timeline import calls, store
+from timeline import calls
 from timeline.events import Channel, Direction
 from timeline.ingest import attach_external_id
 from timeline.publish import Audience
@@ -85,7 +85,13 @@ def _twiml(xml: str) -> Response:
 def _incoming(request: Request) -> Incoming:
     work: Incoming | None = getattr(request.app.state, "voice_incoming", None)
     if work is None:
-        work = request.app.state.voice_incoming = Incoming.on(_services(request).db)
+        services = _services(request)
+        work = request.app.state.voice_incoming = Incoming(
+            services.db,
+            services.publisher,
+            region=services.settings.default_region,
+            files=services.files,
+        )
     return work
 
 
@@ -172,42 +178,22 @@ async def inbound_call(request: Request) -> Response:
     (event,) = parsed
     sid = event.external_id
     assert sid is not None
-    (outcome,) = await services.writer.submit([event])
-    if outcome.kind == "rejected":
+    # Stored and popped with the calls arriving beside it (hub.voice_state.Incoming): its
+    # pop is published when this returns.
+    arrival = await _incoming(request)(event)
+    if arrival.event is None:
         log.info(
-            "call %s from a caller who is nobody (%s): routed, not stored", sid, outcome.reason
+            "call %s from a caller who is nobody (%s): routed, not stored",
+            sid,
+            arrival.outcome.reason,
         )
         assert event.sender is not None and event.recipient is not None
         services.publisher.publish(
             "call", anonymous_pop(sid, event.sender.value, event.recipient.value)
         )
         return _twiml(twiml.route_call(await _routing(request), **_urls(services, None)))
-    stored = outcome.event
-    if stored is None:  # Twilio asked again: the call is stored already
-        async with services.db.read() as conn:
-            stored = await store.find_event(conn, Channel.VOICE.value, sid)
-        assert stored is not None
-    # The pop first (calls arriving together share its read), then the call's row (their
-    # rows share one transaction): the answer waits for both, the pop for neither.
-    incoming = _incoming(request)
-    pop, audience = await incoming.pops(stored)
-    # Read after the event's commit, so it holds for the event the writer published too:
-    # an agent's stream then reads nothing for this call.
-    services.publisher.remember(stored, audience)
-    services.publisher.publish("call", pop, audience)
-    await incoming.open_calls(
-        {
-            "call_sid": sid,
-            "event_id": stored.id,
-            "direction": Direction.INBOUND.value,
-            "state": "ringing",
-            "caller": stored.sender,
-            "callee": stored.recipient,
-            "at": stored.occurred_at,
-        }
-    )
-    log.info("incoming call %s: %s, event %s", sid, outcome.kind, stored.id)
-    return _twiml(await _route_twiml(request, stored.id))
+    log.info("incoming call %s: %s, event %s", sid, arrival.outcome.kind, arrival.event.id)
+    return _twiml(await _route_twiml(request, arrival.event.id))
 
 
 async def call_status(request: Request) -> Response:

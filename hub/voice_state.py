@@ -30,9 +30,10 @@ from config import Settings
 from timeline import calls, store
 from timeline import customers as customer_ops
 from timeline.db import Database
-from timeline.events import Channel, Direction, utcnow
-from timeline.ingest import attach_external_id
-from timeline.publish import Audience, audiences
+from timeline.events import Channel, Direction, Event, utcnow
+from timeline.files import FileStore
+from timeline.ingest import Outcome, attach_external_id, ingest_batch
+from timeline.publish import Audience, Publisher, audiences
 from timeline.records import Customer, StoredEvent, iso
 
 log = logging.getLogger(__name__)
@@ -154,17 +155,28 @@ async def read_pop_audience(db: Database, event: StoredEvent) -> tuple[dict[str,
     return pop, found[event.customer_id]
 
 
+#: Passes of the event loop a run lets by for more items, while they keep coming.
+GATHER_PASSES = 8
+
+#: ``take()``: the items of a run (awaited once, when its work is ready for them).
+Take = Callable[[], Awaitable[list[T]]]
+
+
 class Coalescer(Generic[T, R]):
     """Concurrent requests share one run of ``work`` over everything waiting.
 
     Twenty calls arriving at once would otherwise queue twenty times for SQLite's one
-    writer, and read twenty screen pops in twenty transactions. Whoever holds the lock
-    runs ``work`` on every item waiting (its results in the same order); the others find
-    theirs done when their turn comes. Group commit, without a background task; a lone
-    request runs at once.
+    writer. Whoever holds the lock starts a run of ``work(take)``, which awaits
+    ``take()`` when it is ready for its items (on SQLite once it holds the write lock,
+    which takes a while when requests are being read): ``take`` lets the event loop
+    pass while more requests keep arriving (up to :data:`GATHER_PASSES` passes), then
+    takes every item waiting. ``work`` answers one result per item taken, in order; the
+    others find theirs done when their turn comes. Group commit, without a background
+    task or a timer; a lone request runs at once. A run is a task of its own: a request
+    cancelled while it leads one (a client gone) leaves the run to finish for the others.
     """
 
-    def __init__(self, work: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(self, work: Callable[[Take[T]], Awaitable[list[R]]]) -> None:
         self._work = work
         self._lock = asyncio.Lock()
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -176,45 +188,161 @@ class Coalescer(Generic[T, R]):
         self._waiting.append((item, future))
         async with self._lock:
             if not future.done():
-                batch, self._waiting = self._waiting, []
-                try:
-                    results = await self._work([i for i, _ in batch])
-                except Exception as exc:
-                    for _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_exception(exc)
-                else:
-                    self.runs += 1
-                    for (_, waiting), result in zip(batch, results, strict=True):
-                        if not waiting.done():
-                            waiting.set_result(result)
+                await asyncio.shield(asyncio.ensure_future(self._run()))
         return await future
 
+    async def _run(self) -> None:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
 
-@dataclasses.dataclass
+        async def take() -> list[T]:
+            count = 0
+            for _ in range(GATHER_PASSES):
+                if len(self._waiting) == count:
+                    break
+                count = len(self._waiting)
+                await asyncio.sleep(0)
+            batch[:], self._waiting = self._waiting, []
+            return [i for i, _ in batch]
+
+        try:
+            results = await self._work(take)
+        except Exception as exc:
+            if not batch:  # failed before taking: the waiting items fail with it
+                batch[:], self._waiting = self._waiting, []
+            for _, waiting in batch:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+        else:
+            self.runs += 1
+            for (_, waiting), result in zip(batch, results, strict=True):
+                if not waiting.done():
+                    waiting.set_result(result)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Arrival:
+    """An incoming call as stored: its ingest outcome, and unless its caller is nobody
+    (``rejected``), its event and its screen pop with who may see it."""
+
+    outcome: Outcome
+    event: StoredEvent | None = None
+    pop: dict[str, Any] | None = None
+    audience: Audience | None = None
+
+
 class Incoming:
-    """The group work of incoming calls: their rows, and their screen pops."""
+    """Incoming calls arriving together, stored and popped together.
 
-    open_calls: Coalescer[dict[str, Any], None]
-    #: Each pop with its audience, read in the same transaction.
-    pops: Coalescer[StoredEvent, tuple[dict[str, Any], Audience]]
+    One write transaction stores the calls' events (``timeline.ingest.ingest_batch``, as
+    the group writer would) and their rows (``timeline.calls.open_many``), and on SQLite
+    reads their screen pops and audiences too: SQLite has one writer, so nothing can
+    commit between that read and this commit, and what it reads holds after it. On
+    PostgreSQL the pops are read after the commit, in a read transaction. Then the
+    changed events and the pops are published, each with its audience (so no stream
+    reads anything for them), and only then are the requests answered.
 
-    @classmethod
-    def on(cls, db: Database) -> Incoming:
-        """Both, on this database."""
+    Each call pays its share of one or two transactions, not three in a row (the group
+    writer's, a pop read, the rows' write) plus a stream's read of the audiences. A batch
+    that fails is retried one call at a time, so one bad call cannot fail the others.
+    """
 
-        async def write_rows(rows: list[dict[str, Any]]) -> list[None]:
-            async with db.write() as conn:
-                await calls.open_many(conn, rows)
-            return [None] * len(rows)
+    def __init__(
+        self, db: Database, publisher: Publisher, *, region: str, files: FileStore | None
+    ) -> None:
+        self.db = db
+        self.publisher = publisher
+        self.region = region
+        self.files = files
+        self._coalesce: Coalescer[Event, Arrival | Exception] = Coalescer(self._batch)
 
-        async def read_pops(events: list[StoredEvent]) -> list[tuple[dict[str, Any], Audience]]:
-            async with db.read() as conn:
-                pops = await screen_pops(conn, events)
-                found = await audiences(conn, [e.customer_id for e in events])
-            return [(pop, found[e.customer_id]) for pop, e in zip(pops, events, strict=True)]
+    async def __call__(self, event: Event) -> Arrival:
+        """Store this incoming call (and whatever else is waiting), publish its pop."""
+        arrival = await self._coalesce(event)
+        if isinstance(arrival, Exception):
+            raise arrival
+        return arrival
 
-        return cls(Coalescer(write_rows), Coalescer(read_pops))
+    async def _batch(self, take: Take[Event]) -> list[Arrival | Exception]:
+        events: list[Event] = []
+
+        async def taken() -> list[Event]:
+            events.extend(await take())
+            return events
+
+        try:
+            return list(await self._store(taken))
+        except Exception:
+            if len(events) <= 1:
+                raise
+            log.exception("%d incoming calls failed together; storing one by one", len(events))
+        alone: list[Arrival | Exception] = []
+        for event in events:
+
+            async def one(event: Event = event) -> list[Event]:
+                return [event]
+
+            try:
+                alone += await self._store(one)
+            except Exception as exc:  # this call alone is bad
+                alone.append(exc)
+        return alone
+
+    async def _store(self, take: Take[Event]) -> list[Arrival]:
+        sqlite = self.db.is_sqlite
+        async with self.db.write() as conn:
+            # Taken once the transaction holds SQLite's write lock: the requests read
+            # meanwhile join this batch instead of waiting for it.
+            events = await take()
+            result = await ingest_batch(conn, events, region=self.region, files=self.files)
+            stored: list[StoredEvent | None] = []
+            for event, outcome in zip(events, result.outcomes, strict=True):
+                found = outcome.event
+                if found is None and outcome.kind != "rejected":
+                    # Twilio asked again: the call is stored already.
+                    assert event.external_id is not None
+                    found = await store.find_event(conn, Channel.VOICE.value, event.external_id)
+                    assert found is not None
+                stored.append(found)
+            held = [e for e in stored if e is not None]
+            await calls.open_many(conn, [_ringing(e) for e in held])
+            if sqlite:
+                pops = await _pops_and_audiences(conn, held)
+        if not sqlite:
+            async with self.db.read() as conn:
+                pops = await _pops_and_audiences(conn, held)
+        popped = dict(zip((e.id for e in held), pops, strict=True))
+        for changed in result.changed:
+            self.publisher.publish("timeline", changed, popped[changed.id][1])
+        for call in held:
+            self.publisher.publish("call", *popped[call.id])
+        return [
+            Arrival(outcome) if call is None else Arrival(outcome, call, *popped[call.id])
+            for outcome, call in zip(result.outcomes, stored, strict=True)
+        ]
+
+
+def _ringing(event: StoredEvent) -> dict[str, Any]:
+    """The ``calls`` row of a new incoming call (``timeline.calls.open_many``)."""
+    return {
+        "call_sid": event.external_id,
+        "event_id": event.id,
+        "direction": Direction.INBOUND.value,
+        "state": "ringing",
+        "caller": event.sender,
+        "callee": event.recipient,
+        "at": event.occurred_at,
+    }
+
+
+async def _pops_and_audiences(
+    conn: AsyncConnection, events: list[StoredEvent]
+) -> list[tuple[dict[str, Any], Audience]]:
+    """The screen pops of these calls, each with its customer's audience."""
+    if not events:
+        return []
+    pops = await screen_pops(conn, events)
+    found = await audiences(conn, [e.customer_id for e in events])
+    return [(pop, found[e.customer_id]) for pop, e in zip(pops, events, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from hub.voice_state import Coalescer, screen_pop, screen_pops
+from hub.voice_state import Coalescer, Take, screen_pop, screen_pops
 from tests.hub.voice.conftest import OUR_NUMBER, VoiceHub
 from timeline import calls, store
 from timeline import customers as customer_ops
@@ -60,22 +60,55 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
 async def test_waiting_work_is_done_together_and_failures_reach_everyone() -> None:
     runs: list[list[int]] = []
 
-    async def double(items: list[int]) -> list[int]:
+    async def double(take: Take[int]) -> list[int]:
+        await asyncio.sleep(0.01)  # as a run waits for SQLite's write lock
+        items = await take()
         runs.append(items)
         await asyncio.sleep(0.01)
         return [2 * i for i in items]
 
     coalesce: Coalescer[int, int] = Coalescer(double)
-    assert await asyncio.gather(*(coalesce(i) for i in range(5))) == [0, 2, 4, 6, 8]
-    assert runs == [[0], [1, 2, 3, 4]]  # the first ran alone, the rest waited for it
+    first = asyncio.ensure_future(coalesce(0))
+    await asyncio.sleep(0)  # its run has started, with only it waiting
+    more = [asyncio.ensure_future(coalesce(i)) for i in (1, 2, 3)]
+    assert await asyncio.gather(first, *more) == [0, 2, 4, 6]
+    assert runs == [[0, 1, 2, 3]]  # those arriving before the run took its items joined it
 
-    async def broken(items: list[int]) -> list[int]:
+    runs.clear()
+    first = asyncio.ensure_future(coalesce(4))
+    await asyncio.sleep(0.015)  # the run has taken its items
+    assert await asyncio.gather(first, *(coalesce(i) for i in (5, 6))) == [8, 10, 12]
+    assert runs == [[4], [5, 6]]  # later ones wait for the next run
+
+    async def broken(take: Take[int]) -> list[int]:
         raise RuntimeError("disk full")
 
     failing: Coalescer[int, int] = Coalescer(broken)
     outcomes = await asyncio.gather(*(failing(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert await coalesce(7) == 14  # a failure does not stick
+
+
+async def test_a_run_finishes_for_the_others_when_its_leader_is_cancelled() -> None:
+    runs: list[list[int]] = []
+
+    async def double(take: Take[int]) -> list[int]:
+        await asyncio.sleep(0.005)
+        items = await take()
+        runs.append(items)
+        await asyncio.sleep(0.01)
+        return [2 * i for i in items]
+
+    coalesce: Coalescer[int, int] = Coalescer(double)
+    leader = asyncio.ensure_future(coalesce(1))
+    await asyncio.sleep(0)
+    other = asyncio.ensure_future(coalesce(2))
+    await asyncio.sleep(0.01)
+    assert runs == [[1, 2]]
+    leader.cancel()  # its client went away while the run works for both
+    async with asyncio.timeout(1):
+        assert await other == 4
+    assert leader.cancelled()
 
 
 async def test_page_json_equals_the_event_json_for_every_shape(hub: VoiceHub) -> None:
