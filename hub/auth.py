@@ -11,13 +11,14 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline.db import Database, DirectQuery
+from timeline.db import Database, DirectQuery, Statement
 from timeline.errors import Conflict
 from timeline.events import utcnow
 from timeline.ids import new_id
@@ -153,11 +154,18 @@ class TokenAuth:
         """
         if not _plausible(token):
             return None
-        rows = await _BY_TOKEN_HASH.rows(conn, token_hash=hash_token(token))
-        if not rows:
+        return agent_of(await _BY_TOKEN_HASH.rows(conn, token_hash=hash_token(token)))
+
+    @staticmethod
+    def lookup_statement(dialect: sa.Dialect, token: str) -> Statement | None:
+        """The token lookup as driver SQL (``Database.fetch_each``), None if implausible.
+
+        Its rows go to :func:`agent_of`; as with :meth:`lookup`, the caller records the
+        use with :meth:`touch`.
+        """
+        if not _plausible(token):
             return None
-        row = rows[0]
-        return Agent(row[0], row[1], row[2], row[3], row[4], row[5])
+        return _BY_TOKEN_HASH.statement_for(dialect, token_hash=hash_token(token))
 
     async def touch(self, agent: Agent) -> None:
         """Record the token's last use, if this process has not in the last minute."""
@@ -173,6 +181,21 @@ class TokenAuth:
                 .where(api_tokens.c.id == agent.token_id)
                 .values(last_used_at=utcnow())
             )
+
+
+def agent_of(rows: list[Any]) -> Agent | None:
+    """The agent in the rows of the token lookup, or None."""
+    if not rows:
+        return None
+    row = rows[0]
+    return Agent(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value, or None."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def _plausible(token: str) -> bool:

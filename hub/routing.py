@@ -24,11 +24,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import audit
-from hub.auth import Agent
+from hub.auth import Agent, agent_of, bearer_token
 from hub.errors import ApiError, answer_for
 from timeline import customers as customer_ops
 from timeline import idempotency
-from timeline.db import Database, DirectQuery
+from timeline.db import Database, DirectQuery, Statement
 from timeline.errors import NotFound, TimelineError
 from timeline.idempotency import Answer, AnswerError
 from timeline.schema import customers
@@ -74,6 +74,12 @@ class Endpoint:
     #: reads with (``Ctx.reading``, a ``db.read_statements()``): on SQLite the token, the
     #: team check and a first timeline page cost three driver calls, no transaction.
     reads: bool = False
+    #: With ``reads``: the handler's first reads, built from the request alone (path and
+    #: query, never the agent) as driver SQL, or None to read the usual way. They go to
+    #: the database with the token lookup in one call (``Database.fetch_each``: on SQLite
+    #: one trip to aiosqlite's thread and no SQLAlchemy connection); the handler sees
+    #: their rows (``Ctx.prefetched``) only once the token and the role are checked.
+    prefetch: Callable[[Request, Database], list[Statement] | None] | None = None
 
 
 class Ctx:
@@ -85,11 +91,14 @@ class Ctx:
         services: Services,
         agent: Agent | None,
         conn: AsyncConnection | None = None,
+        prefetched: list[list[Any]] | None = None,
     ) -> None:
         self.request = request
         self.services = services
         self._agent = agent
         self._conn = conn
+        #: The rows of the endpoint's ``prefetch`` statements, if they were sent.
+        self.prefetched = prefetched
         self.after_commit: list[AfterCommit] = []
 
     def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
@@ -272,7 +281,23 @@ def to_route(
         services = services_of(request)
         agent = None
         try:
-            if endpoint.reads and endpoint.role is not None:
+            reads = (
+                endpoint.prefetch(request, services.db)
+                if endpoint.prefetch is not None and endpoint.role is not None
+                else None
+            )
+            if reads is not None:
+                assert endpoint.role is not None
+                try:
+                    agent, rows = await _authenticate_with(services, request, reads)
+                    _require_role(agent, endpoint.role)
+                    response = await endpoint.handler(
+                        Ctx(request, services, agent, prefetched=rows)
+                    )
+                finally:
+                    if agent is not None:
+                        await services.tokens.touch(agent)
+            elif endpoint.reads and endpoint.role is not None:
                 try:
                     async with services.db.read_statements() as conn:
                         agent = await services.authenticate(request, conn)
@@ -296,6 +321,27 @@ def to_route(
 
     call.__name__ = endpoint.handler.__name__
     return call
+
+
+async def _authenticate_with(
+    services: Services, request: Request, reads: list[Statement]
+) -> tuple[Agent, list[list[Any]]]:
+    """The request's agent (401 without a valid token) and the rows of ``reads``.
+
+    The token lookup and ``reads`` in one ``Database.fetch_each``; the rows are handed
+    on only for a valid token (``Services.authenticate``'s answers otherwise).
+    """
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    lookup = services.tokens.lookup_statement(services.db.engine.dialect, token)
+    if lookup is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked token")
+    rows = await services.db.fetch_each([lookup, *reads])
+    agent = agent_of(rows[0])
+    if agent is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked token")
+    return agent, rows[1:]
 
 
 def _require_role(agent: Agent, role: str) -> None:

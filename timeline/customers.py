@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline import sqlite_direct
+from timeline.db import DirectQuery
 from timeline.errors import Conflict, InvalidIdentity, NotFound
 from timeline.events import Identity, IdentityKind, utcnow
 from timeline.ids import new_id
@@ -409,6 +410,27 @@ def visible_to(teams: frozenset[str] | None) -> sa.ColumnElement[bool]:
         customer_teams.c.team.in_(sorted(teams)),
     )
     return sa.or_(~assigned, ours)
+
+
+#: A customer's team rows (none: unassigned), for :func:`visible_among`.
+TEAMS_OF = DirectQuery(
+    sa.select(customer_teams.c.team).where(
+        customer_teams.c.customer_id == sa.bindparam("customer_id", "")
+    )
+)
+
+
+def visible_among(teams: frozenset[str] | None, assigned: Iterable[str]) -> bool:
+    """:func:`visible_to`'s rule for a customer whose team rows are ``assigned``.
+
+    For a check whose rows were read before the agent was known (``TEAMS_OF``, sent
+    with the token lookup in one driver call). Whether the customer exists is not part
+    of it (``is_visible`` also answers False for no customer).
+    """
+    if teams is None:
+        return True
+    rows = set(assigned)
+    return not rows or not rows.isdisjoint(teams)
 
 
 async def is_visible(conn: AsyncConnection, customer_id: str, teams: frozenset[str] | None) -> bool:

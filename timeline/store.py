@@ -141,8 +141,22 @@ async def first_page_json(
     """
     if not DirectQuery.direct(conn) or conn.dialect.name != "sqlite":
         return None
+    sql, params = first_page_json_statement(customer_id, limit)
+    return first_page_json_of(await DirectQuery.driver_rows(conn, sql, params), limit)
+
+
+def first_page_json_statement(customer_id: str, limit: int = 50) -> tuple[str, tuple[Any, ...]]:
+    """The SQL (SQLite's, for aiosqlite) and parameters of :func:`first_page_json`.
+
+    For a caller that sends it with other reads (``Database.fetch_each``); its rows go
+    to :func:`first_page_json_of`.
+    """
+    return _SQLITE_FIRST_PAGE_JSON, (customer_id, max(1, min(limit, MAX_PAGE)) + 1)
+
+
+def first_page_json_of(rows: list[Any], limit: int = 50) -> tuple[list[str], str | None]:
+    """The event JSON texts and next cursor from the rows of :func:`first_page_json_statement`."""
     limit = max(1, min(limit, MAX_PAGE))
-    rows = await DirectQuery.driver_rows(conn, _SQLITE_FIRST_PAGE_JSON, (customer_id, limit + 1))
     nxt = None
     if len(rows) > limit:
         del rows[limit:]

@@ -95,3 +95,36 @@ async def test_read_endpoints_answer_401_and_403_as_before(hub: Hub) -> None:
     # An unknown customer is 404 on both, with a valid token.
     assert_error(await hub.api.get("/api/v1/customers/nope/timeline"), 404, "not_found")
     assert_error(await hub.api.get("/api/v1/customers/nope"), 404, "not_found")
+
+
+async def test_a_first_page_is_shown_only_to_those_who_see_the_customer(hub: Hub) -> None:
+    """The first page's reads go with the token lookup; teams still decide who sees it."""
+    async with hub.db.write() as conn:
+        _, team_a = await add_agent(conn, email="a@hub.example", role="agent", team="A")
+        _, team_b = await add_agent(conn, email="b@hub.example", role="agent", team="B")
+    customer = await hub.create_customer(name="Pat")
+    path = f"/api/v1/customers/{customer['id']}/timeline"
+    for n in range(3):
+        await hub.note(customer["id"], f"note {n}")
+    everyone = {"A": {"Authorization": f"Bearer {team_a}"}}
+    everyone["B"] = {"Authorization": f"Bearer {team_b}"}
+    everyone["no team"] = hub.auth("agent")
+    everyone["supervisor"] = hub.auth("supervisor")
+    for headers in everyone.values():  # unassigned: every agent sees it
+        page = await hub.api.get(path, params={"limit": 2}, headers=headers)
+        assert page.status_code == 200, page.text
+        assert [e["text"] for e in page.json()["items"]] == ["note 2", "note 1"]
+        assert page.json()["next"]
+    patched = await hub.api.patch(
+        f"/api/v1/customers/{customer['id']}", json={"teams": ["B"]}, headers=everyone["supervisor"]
+    )
+    assert patched.status_code == 200, patched.text
+    for who in ("A", "no team"):
+        assert_error(await hub.api.get(path, headers=everyone[who]), 404, "not_found")
+    for who in ("B", "supervisor"):
+        page = await hub.api.get(path, headers=everyone[who])
+        assert [e["text"] for e in page.json()["items"]] == ["note 2", "note 1", "note 0"]
+    # The token is checked before the query: no token is 401 whatever the limit.
+    assert_error(await hub.anon.get(path, params={"limit": "x"}), 401, "unauthorized")
+    assert_error(await hub.api.get(path, params={"limit": "x"}, headers=everyone["B"]), 422)
+    assert_error(await hub.api.get(path, params={"limit": 0}, headers=everyone["B"]), 422)

@@ -216,3 +216,18 @@ async def test_search_by_mixed_case_email_identity(
     async with db.read() as conn:
         assert await customer_ops.search(conn, "Jane.Doe", limit=10, offset=0) == [jane]
         assert await customer_ops.search(conn, "jane.doe@example", limit=10, offset=0) == [jane]
+
+
+async def test_visible_among_agrees_with_is_visible(db: Database) -> None:
+    assignments = {"a": ["A"], "ab": ["A", "B"], "b": ["B"], "open": []}
+    ids: list[str] = []
+    async with db.write() as conn:
+        for name, teams in assignments.items():
+            ids.append(await customer_ops.create(conn, name=name))
+            await customer_ops.set_teams(conn, ids[-1], teams)
+    async with db.read() as conn:
+        for cid in ids:
+            assigned = [r[0] for r in await customer_ops.TEAMS_OF.rows(conn, customer_id=cid)]
+            for scope in (None, frozenset(), frozenset({"A"}), frozenset({"B", "C"})):
+                expected = await customer_ops.is_visible(conn, cid, scope)
+                assert customer_ops.visible_among(scope, assigned) == expected, (cid, scope)

@@ -111,3 +111,24 @@ async def test_writes_roll_back_and_leave_no_transaction_open(sqlite_db: Databas
     async with sqlite_db.read() as conn:
         items, _ = await store.page(conn, customer_id)
     assert [e.text for e in items] == ["x"]
+
+
+async def test_fetch_each_reads_every_statement_on_one_connection(db: Database) -> None:
+    async with db.write() as conn:
+        first = await customer_ops.create(conn, name="one")
+        second = await customer_ops.create(conn, name="two")
+    dialect = db.engine.dialect
+    statements = [
+        _NAMES.statement_for(dialect, id=first),
+        _NAMES.statement_for(dialect, id="no-such-customer"),
+        _NAMES.statement_for(dialect, id=second),
+    ]
+    for _ in range(3):  # each time on a pooled connection, returned with nothing open
+        rows = await db.fetch_each(statements)
+        assert [[tuple(r) for r in found] for found in rows] == [[("one",)], [], [("two",)]]
+    await _rename(db, first, "changed")  # committed after: the next call sees it
+    assert [tuple(r) for r in (await db.fetch_each(statements[:1]))[0]] == [("changed",)]
+    async with db.write() as conn:  # the pool's connections still take a write
+        await conn.execute(customers.update().where(customers.c.id == second).values(name="2"))
+    async with db.read() as conn:
+        assert await _by_sqlalchemy(conn, second) == "2"
