@@ -20,10 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import PoolResetState
+from sqlalchemy.pool import PoolProxiedConnection, PoolResetState
 from sqlalchemy.util import await_only
 
 _IMMEDIATE = "commhub_immediate"
+#: How many driver connections ``Database.fetch_each`` keeps out of the pool between calls.
+_KEEP_IDLE = 2
 #: In ``Connection.info`` while a deferred BEGIN waits for the first statement (SQLite).
 _BEGIN_PENDING = "commhub_begin_pending"
 
@@ -184,6 +186,17 @@ def _fetch_each(driver: Any, statements: Sequence[Statement]) -> list[list[Any]]
     return [connection.execute(sql, params).fetchall() for sql, params in statements]
 
 
+async def _fetch_on(driver: Any, dialect: str, statements: Sequence[Statement]) -> list[list[Any]]:
+    """The rows of each statement on an aiosqlite or asyncpg connection, in order."""
+    if dialect != "sqlite":
+        return [list(await driver.fetch(sql, *params)) for sql, params in statements]
+    run = getattr(driver, "_execute", None)  # see DirectQuery.driver_rows
+    if run is None:
+        return [list(await driver.execute_fetchall(sql, p)) for sql, p in statements]
+    rows: list[list[Any]] = await run(_fetch_each, driver, statements)
+    return rows
+
+
 def _begin_and_fetch(driver: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
     """In aiosqlite's thread: BEGIN, then the rows of ``sql``."""
     connection = driver._conn  # the sqlite3 connection, used only in aiosqlite's thread
@@ -218,6 +231,10 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._direct = (self.dialect, engine.dialect.driver) in DirectQuery._DRIVERS
+        #: Pooled driver connections kept checked out for :meth:`fetch_each` (at most
+        #: _KEEP_IDLE): taking one back from SQLAlchemy's pool costs ~13 us of CPU.
+        self._idle: list[PoolProxiedConnection] = []
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -232,31 +249,30 @@ class Database:
     @property
     def direct(self) -> bool:
         """Whether :meth:`fetch_each` and ``DirectQuery`` use the driver itself (raw rows)."""
-        return (self.dialect, self.engine.dialect.driver) in DirectQuery._DRIVERS
+        return self._direct
 
     async def fetch_each(self, statements: Sequence[Statement]) -> list[list[Any]]:
         """The raw rows of several reads, on one pooled connection, outside a transaction.
 
         Only where :attr:`direct`. Each statement sees what was committed when it started
-        (as in :meth:`read_statements`). A pooled driver connection, not a SQLAlchemy
-        ``Connection`` (checking one out costs ~45 us of CPU against ~13), and on SQLite
-        one trip to aiosqlite's thread for all of them (~25-30 us of CPU a trip): the
-        hottest reads (the token and a first timeline page) are one call.
+        (as in :meth:`read_statements`). A driver connection, not a SQLAlchemy
+        ``Connection`` (checking one out and in costs ~45 us of CPU), and on SQLite one
+        trip to aiosqlite's thread for all of them (~25-30 us of CPU a trip): the hottest
+        reads (the token and a first timeline page) are one call.
         """
-        if not self.direct:
+        if not self._direct:
             raise RuntimeError("fetch_each needs aiosqlite or asyncpg")
-        raw = await self.engine.raw_connection()
+        raw = self._idle.pop() if self._idle else await self.engine.raw_connection()
         try:
-            driver: Any = raw.driver_connection
-            if self.dialect != "sqlite":
-                return [list(await driver.fetch(sql, *params)) for sql, params in statements]
-            run = getattr(driver, "_execute", None)  # see DirectQuery.driver_rows
-            if run is not None:
-                rows: list[list[Any]] = await run(_fetch_each, driver, statements)
-                return rows
-            return [list(await driver.execute_fetchall(sql, p)) for sql, p in statements]
-        finally:
+            rows = await _fetch_on(raw.driver_connection, self.dialect, statements)
+        except BaseException:
+            raw.close()  # back to the pool, which rolls back what may be left open
+            raise
+        if len(self._idle) < _KEEP_IDLE:
+            self._idle.append(raw)
+        else:
             raw.close()
+        return rows
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -301,4 +317,6 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        while self._idle:
+            self._idle.pop().close()
         await self.engine.dispose()

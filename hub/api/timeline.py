@@ -30,6 +30,14 @@ async def get_timeline(ctx: Ctx) -> Response:
     """A customer's events, newest first, by keyset pages."""
     request = ctx.request
     limit = int_param(request, "limit", 50, 1, store.MAX_PAGE)
+    customer_id = ctx.path("id")
+    if ctx.prefetched is not None:  # _first_page_reads: the customer's teams, the page
+        assigned, rows = ctx.prefetched
+        if not customer_ops.visible_among(ctx.teams, [r[0] for r in assigned]):
+            raise NotFound("customer", customer_id)
+        texts, nxt = store.first_page_json_of(rows, limit)
+        if texts:
+            return _page_response(texts, nxt)
     channels = [c for c in request.query_params.get("channel", "").split(",") if c.strip()]
     unknown = [c for c in channels if c not in _CHANNELS]
     if unknown:
@@ -39,16 +47,8 @@ async def get_timeline(ctx: Ctx) -> Response:
             f"channel: unknown channel {unknown[0]!r} (one of {', '.join(sorted(_CHANNELS))})",
             field="channel",
         )
-    customer_id = ctx.path("id")
     cursor = request.query_params.get("cursor") or None
     q = request.query_params.get("q") or None
-    if ctx.prefetched is not None:  # _first_page_reads: the customer's teams, the page
-        assigned, rows = ctx.prefetched
-        if not customer_ops.visible_among(ctx.teams, [r[0] for r in assigned]):
-            raise NotFound("customer", customer_id)
-        texts, nxt = store.first_page_json_of(rows, limit)
-        if texts:
-            return _page_response(texts, nxt)
     async with ctx.reading() as conn:
         await ctx.require_visible(conn, customer_id)
         if not (cursor or channels or q):
@@ -70,7 +70,9 @@ async def get_timeline(ctx: Ctx) -> Response:
 
 def _page_response(texts: list[str], nxt: str | None) -> Response:
     """A page from its events' JSON texts (``store.first_page_json``)."""
-    body = '{"items":[' + ",".join(texts) + '],"next":' + json.dumps(nxt) + "}"
+    # A cursor is URL-safe base64: nothing in it needs escaping.
+    after = f'"{nxt}"' if nxt is not None else "null"
+    body = '{"items":[' + ",".join(texts) + '],"next":' + after + "}"
     return Response(body.encode(), media_type="application/json")
 
 
