@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
@@ -33,8 +34,9 @@ from timeline.db import Database
 from timeline.events import Channel, Direction, Event, utcnow
 from timeline.files import FileStore
 from timeline.ingest import Outcome, attach_external_id, ingest_batch
-from timeline.publish import Audience, Publisher, audiences
+from timeline.publish import Audience, Prepared, Publisher, audiences
 from timeline.records import Customer, StoredEvent, iso
+from timeline.wal import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +132,31 @@ def anonymous_pop(call_sid: str, caller: str, called: str) -> dict[str, Any]:
     }
 
 
-async def screen_pops(conn: AsyncConnection, events: list[StoredEvent]) -> list[dict[str, Any]]:
-    """:func:`screen_pop` of many calls, their customers read together."""
+async def _pop_parts(
+    conn: AsyncConnection, events: list[StoredEvent]
+) -> list[tuple[dict[str, Any], str]]:
+    """Each call's pop without its timeline, and its timeline as JSON text; the
+    customers and first pages of all of them read together."""
     ids = [e.customer_id for e in events]
     people = await calls.customers_many(conn, ids)
-    pages = await calls.first_pages_json(conn, ids, limit=POP_PAGE)
-    return [
-        {**call_json(e, people.get(e.customer_id)), "timeline": pages[e.customer_id]}
-        for e in events
-    ]
+    pages = await calls.first_pages_text(conn, ids, limit=POP_PAGE)
+    return [(call_json(e, people.get(e.customer_id)), pages[e.customer_id]) for e in events]
+
+
+async def screen_pops(conn: AsyncConnection, events: list[StoredEvent]) -> list[dict[str, Any]]:
+    """:func:`screen_pop` of many calls, their customers read together."""
+    return [{**head, "timeline": json.loads(page)} for head, page in await _pop_parts(conn, events)]
+
+
+async def prepared_pops(conn: AsyncConnection, events: list[StoredEvent]) -> list[Prepared]:
+    """:func:`screen_pops` as their JSON, written once for every stream: the timeline's
+    text (written by SQLite) goes in as it is, without being parsed and written again."""
+    pops = []
+    for head, page in await _pop_parts(conn, events):
+        text = json.dumps(head, separators=(",", ":"))[:-1] + ',"timeline":' + page + "}"
+        customer = head["customer"]
+        pops.append(Prepared(text, customer["id"] if customer is not None else None))
+    return pops
 
 
 async def read_pop(db: Database, event: StoredEvent) -> dict[str, Any]:
@@ -226,7 +244,7 @@ class Arrival:
 
     outcome: Outcome
     event: StoredEvent | None = None
-    pop: dict[str, Any] | None = None
+    pop: Prepared | None = None
     audience: Audience | None = None
 
 
@@ -253,6 +271,9 @@ class Incoming:
         self.publisher = publisher
         self.region = region
         self.files = files
+        #: After each batch: its pages of SQLite's log are copied back beside the next
+        #: requests, not inside a later batch's commit (``timeline.wal``).
+        self.checkpoints = Checkpointer(db)
         self._coalesce: Coalescer[Event, Arrival | Exception] = Coalescer(self._batch)
 
     async def __call__(self, event: Event) -> Arrival:
@@ -315,6 +336,7 @@ class Incoming:
             self.publisher.publish("timeline", changed, popped[changed.id][1])
         for call in held:
             self.publisher.publish("call", *popped[call.id])
+        self.checkpoints.request()
         return [
             Arrival(outcome) if call is None else Arrival(outcome, call, *popped[call.id])
             for outcome, call in zip(result.outcomes, stored, strict=True)
@@ -336,11 +358,11 @@ def _ringing(event: StoredEvent) -> dict[str, Any]:
 
 async def _pops_and_audiences(
     conn: AsyncConnection, events: list[StoredEvent]
-) -> list[tuple[dict[str, Any], Audience]]:
+) -> list[tuple[Prepared, Audience]]:
     """The screen pops of these calls, each with its customer's audience."""
     if not events:
         return []
-    pops = await screen_pops(conn, events)
+    pops = await prepared_pops(conn, events)
     found = await audiences(conn, [e.customer_id for e in events])
     return [(pop, found[e.customer_id]) for pop, e in zip(pops, events, strict=True)]
 

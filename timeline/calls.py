@@ -19,12 +19,13 @@ import dataclasses
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from timeline import store
 from timeline.customers import visible_to
 from timeline.events import Channel, IdentityKind, utcnow
 from timeline.records import Customer, StoredEvent, iso
@@ -398,108 +399,38 @@ def _pages_statement(k: int) -> sa.Executable:
     return parts[0] if k == 1 else sa.union_all(*parts)
 
 
+async def first_pages_text(
+    conn: AsyncConnection, customer_ids: Iterable[str], *, limit: int = 50
+) -> dict[str, str]:
+    """The first page of each customer as the JSON text of its events' array
+    (``[e.to_json() for e in page]``), for a screen pop made once for every stream.
+
+    On SQLite each event's JSON is written by the database (``store.first_page_json``,
+    the timeline API's first page, one query per customer sent straight to the driver),
+    and the page is those texts joined: no per-event Python. Elsewhere it is
+    :func:`first_pages` turned to JSON.
+    """
+    wanted = list(dict.fromkeys(customer_ids))
+    out: dict[str, str] = {}
+    for cid in wanted:
+        found = await store.first_page_json(conn, cid, limit=limit)
+        if found is None:  # not SQLite through aiosqlite: all at once, below
+            break
+        out[cid] = "[" + ",".join(found[0]) + "]"
+    else:
+        return out
+    pages = await first_pages(conn, wanted, limit=limit)
+    return {cid: _dumps([e.to_json() for e in page]) for cid, page in pages.items()}
+
+
 async def first_pages_json(
     conn: AsyncConnection, customer_ids: Iterable[str], *, limit: int = 50
 ) -> dict[str, list[dict[str, Any]]]:
-    """The event JSON (``StoredEvent.to_json``) of :func:`first_pages`, made cheaply.
-
-    On SQLite, the database serializes each page to one JSON array (``json_group_array``
-    of ``json_array`` rows), parsed by one ``json.loads``: per row this avoids two JSON
-    parses, three datetime conversions and two objects, two thirds of a screen pop's CPU
-    at 50 events a page. Elsewhere it is :func:`first_pages` turned to JSON.
-    """
-    wanted = list(dict.fromkeys(customer_ids))
-    if conn.dialect.name != "sqlite":
-        pages = await first_pages(conn, wanted, limit=limit)
-        return {cid: [e.to_json() for e in page] for cid, page in pages.items()}
-    out: dict[str, list[dict[str, Any]]] = {cid: [] for cid in wanted}
-    for part in chunks(wanted, _PAGES_CHUNK):
-        params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(part)}
-        params["n"] = limit
-        rows = await conn.execute(_json_pages_statement(len(part)), params)
-        for customer_id, raw in rows:
-            page = json.loads(raw)
-            # Aggregates keep the subquery's order in practice; sorting makes it certain
-            # (on the stored text: fixed width, so it sorts as the time does).
-            page.sort(key=lambda r: (r[4], r[0]), reverse=True)
-            out[customer_id] = [_event_json(customer_id, r) for r in page]
-    return out
+    """The event JSON (``StoredEvent.to_json``) of :func:`first_pages`, from
+    :func:`first_pages_text`."""
+    pages = await first_pages_text(conn, customer_ids, limit=limit)
+    return {cid: json.loads(text) for cid, text in pages.items()}
 
 
-#: The columns of a page row, in ``json_array`` order.
-_JSON_COLUMNS = (
-    "id",
-    "channel",
-    "kind",
-    "direction",
-    "occurred_at",
-    "status",
-    "subject",
-    "text",
-    "html",
-    "thread_key",
-    "external_id",
-    "sender",
-    "recipient",
-)
-
-
-@functools.cache
-def _json_pages_statement(k: int) -> sa.TextClause:
-    """SQLite: one row per customer of ``k``, ``(customer_id, JSON array of the page)``."""
-    columns = ", ".join(_JSON_COLUMNS)
-    part = (
-        "SELECT :c{i} AS customer_id, json_group_array(json_array("  # noqa: S608 - constants
-        f"{columns}, json(attachments), json(data))) AS page FROM ("
-        "SELECT * FROM events WHERE customer_id = :c{i} "
-        "ORDER BY occurred_at DESC, id DESC LIMIT :n) AS p{i}"
-    )
-    return sa.text(" UNION ALL ".join(part.format(i=i) for i in range(k)))
-
-
-def _event_json(customer_id: str, row: list[Any]) -> dict[str, Any]:
-    """``StoredEvent.to_json`` of a row of :func:`_json_pages_statement`."""
-    (
-        event_id,
-        channel,
-        kind,
-        direction,
-        occurred_at,
-        status,
-        subject,
-        text,
-        html,
-        thread_key,
-        external_id,
-        sender,
-        recipient,
-        attachments,
-        data,
-    ) = row
-    return {
-        "id": event_id,
-        "customer_id": customer_id,
-        "channel": channel,
-        "kind": kind,
-        "direction": direction,
-        "occurred_at": _iso_text(occurred_at),
-        "status": status,
-        "subject": subject,
-        "text": text,
-        "html": html,
-        "thread_id": thread_key,
-        "external_id": external_id,
-        "from": sender,
-        "to": recipient,
-        "attachments": [{**a, "url": f"/api/v1/documents/{a['id']}"} for a in (attachments or [])],
-        "data": data or {},
-    }
-
-
-def _iso_text(stored: str) -> str | None:
-    """``timeline.records.iso`` of a UTC datetime as SQLAlchemy stores it on SQLite
-    (``YYYY-MM-DD HH:MM:SS.ffffff``): microseconds only when there are some."""
-    if len(stored) == 26 and stored[10] == " " and stored[19] == ".":
-        fraction = stored[20:]
-        return f"{stored[:10]}T{stored[11:19]}{'' if fraction == '000000' else '.' + fraction}Z"
-    return iso(datetime.fromisoformat(stored).replace(tzinfo=UTC))
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -66,6 +67,30 @@ async def audiences(conn: AsyncConnection, customer_ids: Iterable[str]) -> dict[
             if team is not None:
                 teams.add(team)
     return {cid: Audience(cid in found, frozenset(found.get(cid, ()))) for cid in wanted}
+
+
+class Prepared:
+    """A published item whose JSON is written once, for every stream (a screen pop is
+    ~18 kB: each stream serializing it again cost ~0.1 ms of CPU per stream).
+
+    ``text``: the JSON; ``customer_id``: whom it is about (None: nobody, so every agent
+    may see it, as a pop without a customer); ``data``: the object, parsed on first use
+    (the console renders its HTML from it).
+    """
+
+    __slots__ = ("_data", "customer_id", "text")
+
+    def __init__(self, text: str, customer_id: str | None) -> None:
+        self.text = text
+        self.customer_id = customer_id
+        self._data: Any = None
+
+    @property
+    def data(self) -> Any:
+        """The parsed JSON (made once)."""
+        if self._data is None:
+            self._data = json.loads(self.text)
+        return self._data
 
 
 class Subscription:

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from hub import schemas
 from hub.routing import Ctx, Endpoint
 from timeline.db import Database
-from timeline.publish import Publisher, Subscription, audiences
+from timeline.publish import Prepared, Publisher, Subscription, audiences
 from timeline.records import StoredEvent
 
 HEARTBEAT_SECONDS = 15.0
@@ -27,7 +27,7 @@ BATCH = 256
 
 def customer_of(item: Any) -> str | None:
     """The customer an item of the stream is about (None: no one, e.g. an unknown caller)."""
-    if isinstance(item, StoredEvent):
+    if isinstance(item, StoredEvent | Prepared):
         return item.customer_id
     if isinstance(item, dict):
         customer = item.get("customer")
@@ -104,7 +104,8 @@ def waiting(sub: Subscription, first: tuple[str, Any]) -> tuple[list[tuple[str, 
 
 def sse(event: str, data: Any) -> str:
     """One SSE message (the JSON has no raw newlines, so one data line)."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    text = data.text if isinstance(data, Prepared) else json.dumps(data, separators=(",", ":"))
+    return f"event: {event}\ndata: {text}\n\n"
 
 
 async def stream(ctx: Ctx) -> Response:
@@ -125,11 +126,14 @@ async def stream(ctx: Ctx) -> Response:
                 if message is None:  # the publisher dropped us or is shutting down
                     return
                 batch, ended = waiting(sub, message)
-                for topic, item in await visibility.admitted(batch):
-                    if isinstance(item, StoredEvent):
-                        yield sse(topic, item.to_json())
-                    else:
-                        yield sse(topic, item)
+                # The batch's messages in one write (twenty calls at once: one socket
+                # write instead of forty).
+                text = "".join(
+                    sse(topic, item.to_json() if isinstance(item, StoredEvent) else item)
+                    for topic, item in await visibility.admitted(batch)
+                )
+                if text:
+                    yield text
                 if ended:
                     return
 

@@ -35,6 +35,7 @@ from timeline import customers as customer_ops
 from timeline.errors import TimelineError
 from timeline.events import Identity, IdentityKind
 from timeline.identity import normalize_phone
+from timeline.publish import Prepared
 from timeline.records import StoredEvent
 
 
@@ -53,6 +54,8 @@ async def stream(request: Request, session: Session) -> Response:
     visibility = Visibility(c.services.db, team_scope(session.agent), publisher)
 
     def render(topic: str, item: Any) -> str | None:
+        if isinstance(item, Prepared):  # a screen pop written as JSON once for all streams
+            item = item.data
         if isinstance(item, StoredEvent):
             html = templates.get_template("_timeline_items.html").render(
                 groups=group_threads([item]), next_url=None, csrf=session.csrf_token

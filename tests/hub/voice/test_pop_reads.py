@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 
-from hub.voice_state import Coalescer, Take, screen_pop, screen_pops
+from hub.voice_state import Coalescer, Take, prepared_pops, screen_pop, screen_pops
 from tests.hub.voice.conftest import OUR_NUMBER, VoiceHub
 from timeline import calls, store
 from timeline import customers as customer_ops
@@ -52,9 +53,13 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
         assert many[bob["id"]].consent and many[bob["id"]].emails == ["bob@example.org"]
         together = await screen_pops(conn, known)
         alone = [await screen_pop(conn, e) for e in known]
-        for pop in together + alone:
+        prepared = await prepared_pops(conn, known)
+        written = [json.loads(p.text) for p in prepared]  # as the stream sends them
+        for pop in together + alone + written:
             pop["customer"]["consent"].sort(key=str)
-        assert together == alone
+        assert together == alone == written
+        assert [p.customer_id for p in prepared] == [e.customer_id for e in known]
+        assert all(p.data == json.loads(p.text) for p in prepared)
 
 
 async def test_waiting_work_is_done_together_and_failures_reach_everyone() -> None:
