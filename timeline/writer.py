@@ -80,29 +80,35 @@ class GroupWriter:
         self._tasks = []
 
     async def submit(self, events: Sequence[Event]) -> list[Outcome]:
-        """Ingest ``events``; returns their outcomes once they are committed."""
+        """Ingest ``events``; returns their outcomes once they are committed.
+
+        Once submitted, the events are written even if the caller is cancelled while
+        it waits (a webhook whose client went away was still received).
+        """
         if not self._tasks:
             self.start()
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((events, future))
-        return await asyncio.shield(future)
+        self._queue.put_nowait((events, future))
+        # Awaited directly, not through asyncio.shield: a cancelled caller cancels this
+        # future, and the writer still writes its events (it does not look at
+        # cancellation). Shield costs an extra future and loop callback per request.
+        return await future
 
     async def _run(self) -> None:
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            if first is _STOP:
+            if first is None:  # _STOP
                 return
-            batch = [first]
+            live: list[_Submission] = [first]
             size = len(first[0])
             while size < self.max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
-                if item is _STOP:
+                if item is None:  # _STOP
                     stopping = True
                     break
-                batch.append(item)
+                live.append(item)
                 size += len(item[0])
-            live = [(events, fut) for events, fut in batch if not fut.cancelled()]
             try:
                 await self._write(live)
             except Exception:

@@ -82,3 +82,16 @@ async def test_a_bad_submission_fails_alone(db: Database) -> None:
     assert isinstance(results[0], Exception)
     assert all(not isinstance(r, Exception) and r[0].kind == "created" for r in results[1:])
     assert await count(db, events) == 5
+
+
+async def test_a_cancelled_submitter_still_has_its_events_written(db: Database) -> None:
+    writer = GroupWriter(db, region="US")
+    writer.start()
+    task = asyncio.create_task(writer.submit([sms("SMgone", "+14155550102")]))
+    await asyncio.sleep(0)  # submitted, the writer has not run yet
+    task.cancel()
+    other = await writer.submit([sms("SMstays", "+14155550103")])
+    await writer.stop()
+    assert task.cancelled()
+    assert other[0].kind == "created"
+    assert await count(db, events) == 2
