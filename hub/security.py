@@ -66,7 +66,9 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 present = {bytes(name).lower() for name, _ in headers}
-                headers.extend((n, v) for n, v in extra if n not in present)
+                for pair in extra:
+                    if pair[0] not in present:
+                        headers.append(pair)
                 message = {**message, "headers": headers}
             await send(message)
 

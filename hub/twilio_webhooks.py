@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 from xml.sax.saxutils import escape
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -43,12 +43,17 @@ MAX_BODY = 64 * 1024
 _KEYWORD_STATE = {"opt_out": consent.OPTED_OUT, "opt_in": consent.OPTED_IN}
 
 
+_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+#: The answer to nearly every inbound SMS, encoded once.
+_EMPTY_TWIML = f"{_XML_DECLARATION}<Response/>".encode()
+
+
 def twiml(*messages: str) -> Response:
     """A TwiML answer, with a ``<Message>`` for each reply text."""
+    if not messages:
+        return Response(_EMPTY_TWIML, media_type="text/xml")
     inner = "".join(f"<Message>{escape(m)}</Message>" for m in messages)
-    response = f"<Response>{inner}</Response>" if inner else "<Response/>"
-    body = f'<?xml version="1.0" encoding="UTF-8"?>{response}'
-    return Response(body, media_type="text/xml")
+    return Response(f"{_XML_DECLARATION}<Response>{inner}</Response>", media_type="text/xml")
 
 
 def json_error(status: int, code: str, message: str) -> Response:
@@ -59,16 +64,48 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
+async def _read_limited(request: Request, declared: str) -> bytes:
+    """The body, at most :data:`MAX_BODY` bytes (``declared``: its Content-Length).
+
+    Read from ASGI ``receive`` as ``Request.stream()`` does (a disconnect raises
+    ``ClientDisconnect``), without its async generator: the body of a webhook is one
+    message.
+    """
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise _TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    body = b""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        body = body + chunk if body else chunk
         if len(body) > MAX_BODY:
             raise _TooLarge
-    return bytes(body)
+        if not message.get("more_body", False):
+            return body
+
+
+_WANTED = frozenset((b"content-length", b"x-twilio-signature", b"content-type"))
+
+
+def _webhook_headers(request: Request) -> tuple[str, str | None, str]:
+    """Content-Length, X-Twilio-Signature and Content-Type, in one pass over the headers.
+
+    The first value of each, as ``request.headers.get`` gives (which scans them once per
+    name).
+    """
+    found: dict[bytes, bytes] = {}
+    for name, value in request.scope["headers"]:
+        name = name.lower()
+        if name in _WANTED and name not in found:
+            found[name] = value
+    signed = found.get(b"x-twilio-signature")
+    return (
+        found.get(b"content-length", b"").decode("latin-1"),
+        None if signed is None else signed.decode("latin-1"),
+        found.get(b"content-type", b"").decode("latin-1"),
+    )
 
 
 async def verified_form(
@@ -78,8 +115,9 @@ async def verified_form(
     token = services.settings.twilio_auth_token
     if not token:
         return None, json_error(404, "not_found", "the twilio channel is off")
+    declared, header, content_type = _webhook_headers(request)
     try:
-        body = await _read_limited(request)
+        body = await _read_limited(request, declared)
     except _TooLarge:
         return None, json_error(413, "too_large", f"webhook bodies are at most {MAX_BODY} bytes")
     # The matched route's path and the raw query, from the scope: what request.url
@@ -89,8 +127,6 @@ async def verified_form(
         request.scope["path"],
         request.scope.get("query_string", b"").decode(),
     )
-    header = request.headers.get(signature.SIGNATURE_HEADER)
-    content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         ok = signature.verify(token, url, None, body, header)
         form: list[tuple[str, str]] = []
