@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline import store
 from timeline.customers import visible_to
+from timeline.db import DirectQuery
 from timeline.events import Channel, IdentityKind, utcnow
 from timeline.records import Customer, StoredEvent, iso
-from timeline.schema import calls, consents, customers, events, identities
+from timeline.schema import UTCDateTime, calls, consents, customers, events, identities
 from timeline.sql import chunks, insert_ignoring
 from timeline.status import TERMINAL, advances
 
@@ -284,74 +285,138 @@ async def customers_many(conn: AsyncConnection, ids: Iterable[str]) -> dict[str,
     """Customers as ``timeline.customers.get`` makes them, for many at once in four queries.
 
     Screen pops of calls arriving together are read together; one customer at a time
-    would be four queries per call.
+    would be four queries per call. On SQLite the four go straight to the driver
+    (``DirectQuery.driver_rows``, the ids as one JSON array): through SQLAlchemy's
+    execute and result processing they cost ~0.1 ms of CPU per customer, five times the
+    database's own work.
     """
     wanted = sorted(set(ids))
     found: dict[str, Customer] = {}
+    direct = DirectQuery.direct(conn) and conn.dialect.name == "sqlite"
     for part in chunks(wanted):
-        rows = (
-            (await conn.execute(sa.select(customers).where(customers.c.id.in_(part))))
-            .mappings()
-            .all()
+        if direct:
+            rows = await _customer_rows_sqlite(conn, part)
+        else:
+            rows = await _customer_rows(conn, part)
+        found.update(_customers_of(part, *rows))
+    return found
+
+
+#: A customer row (``customers`` columns, in table order), its identities ``(customer_id,
+#: kind, value)``, consents ``(customer_id, channel, purpose, state, updated_at)`` and
+#: event counts ``(customer_id, channel, n)``, each with Python values.
+_CustomerRows = tuple[list[Any], list[Any], list[Any], list[Any]]
+
+
+async def _customer_rows(conn: AsyncConnection, part: Sequence[str]) -> _CustomerRows:
+    """The rows of :func:`customers_many` through SQLAlchemy (any database)."""
+    rows = list(await conn.execute(sa.select(customers).where(customers.c.id.in_(part))))
+    identity_rows = await conn.execute(
+        sa.select(identities.c.customer_id, identities.c.kind, identities.c.value)
+        .where(identities.c.customer_id.in_(part))
+        .order_by(identities.c.customer_id, identities.c.created_at, identities.c.id)
+    )
+    consent_rows = await conn.execute(
+        sa.select(
+            consents.c.customer_id,
+            consents.c.channel,
+            consents.c.purpose,
+            consents.c.state,
+            consents.c.updated_at,
         )
-        phones: dict[str, list[str]] = {cid: [] for cid in part}
-        emails: dict[str, list[str]] = {cid: [] for cid in part}
-        handles: dict[str, list[dict[str, str]]] = {cid: [] for cid in part}
-        identity_rows = await conn.execute(
-            sa.select(identities.c.customer_id, identities.c.kind, identities.c.value)
-            .where(identities.c.customer_id.in_(part))
-            .order_by(identities.c.customer_id, identities.c.created_at, identities.c.id)
+        .where(consents.c.customer_id.in_(part))
+        .order_by(consents.c.customer_id, consents.c.channel, consents.c.purpose)
+    )
+    count_rows = await conn.execute(
+        sa.select(events.c.customer_id, events.c.channel, sa.func.count())
+        .where(events.c.customer_id.in_(part))
+        .group_by(events.c.customer_id, events.c.channel)
+    )
+    return rows, list(identity_rows), list(consent_rows), list(count_rows)
+
+
+_IN_IDS = "IN (SELECT value FROM json_each(?))"
+_SQLITE_CUSTOMER_ROWS = (
+    f"SELECT {', '.join(c.name for c in customers.columns)} FROM customers WHERE id {_IN_IDS}",  # noqa: S608 - constants
+    f"SELECT customer_id, kind, value FROM identities WHERE customer_id {_IN_IDS} "  # noqa: S608
+    "ORDER BY customer_id, created_at, id",
+    "SELECT customer_id, channel, purpose, state, updated_at FROM consents "  # noqa: S608
+    f"WHERE customer_id {_IN_IDS} ORDER BY customer_id, channel, purpose",
+    f"SELECT customer_id, channel, count(*) FROM events WHERE customer_id {_IN_IDS} "  # noqa: S608
+    "GROUP BY customer_id, channel",
+)
+_CUSTOMER_COLUMNS = tuple(customers.columns.keys())
+_CUSTOMER_TIMES = [i for i, c in enumerate(customers.columns) if isinstance(c.type, UTCDateTime)]
+_CUSTOMER_ATTRIBUTES = list(customers.columns).index(customers.c.attributes)
+
+
+async def _customer_rows_sqlite(conn: AsyncConnection, part: Sequence[str]) -> _CustomerRows:
+    """The rows of :func:`customers_many` from aiosqlite, their text turned to values."""
+    ids = (json.dumps(list(part)),)
+    raw = [await DirectQuery.driver_rows(conn, sql, ids) for sql in _SQLITE_CUSTOMER_ROWS]
+    rows = []
+    for row in raw[0]:
+        values = list(row)
+        for i in _CUSTOMER_TIMES:
+            values[i] = _utc(values[i])
+        values[_CUSTOMER_ATTRIBUTES] = json.loads(values[_CUSTOMER_ATTRIBUTES])
+        rows.append(values)
+    consent_rows = [(*row[:4], _utc(row[4])) for row in raw[2]]
+    return rows, raw[1], consent_rows, raw[3]
+
+
+def _utc(stored: str | None) -> datetime | None:
+    """A UTC timestamp as SQLAlchemy stores it on SQLite (naive text), as it reads it."""
+    return None if stored is None else datetime.fromisoformat(stored).replace(tzinfo=UTC)
+
+
+def _customers_of(
+    part: Sequence[str],
+    rows: list[Any],
+    identity_rows: list[Any],
+    consent_rows: list[Any],
+    count_rows: list[Any],
+) -> dict[str, Customer]:
+    phones: dict[str, list[str]] = {cid: [] for cid in part}
+    emails: dict[str, list[str]] = {cid: [] for cid in part}
+    handles: dict[str, list[dict[str, str]]] = {cid: [] for cid in part}
+    for cid, kind, value in identity_rows:
+        if kind == IdentityKind.PHONE:
+            phones[cid].append(value)
+        elif kind == IdentityKind.EMAIL:
+            emails[cid].append(value)
+        else:
+            network, _, ident = value.partition(":")
+            handles[cid].append({"network": network, "id": ident})
+    consent: dict[str, list[dict[str, Any]]] = {cid: [] for cid in part}
+    for cid, channel, purpose, state, updated_at in consent_rows:
+        consent[cid].append(
+            {"channel": channel, "purpose": purpose, "state": state, "updated_at": iso(updated_at)}
         )
-        for cid, kind, value in identity_rows:
-            if kind == IdentityKind.PHONE:
-                phones[cid].append(value)
-            elif kind == IdentityKind.EMAIL:
-                emails[cid].append(value)
-            else:
-                network, _, ident = value.partition(":")
-                handles[cid].append({"network": network, "id": ident})
-        consent: dict[str, list[dict[str, Any]]] = {cid: [] for cid in part}
-        consent_rows = await conn.execute(
-            sa.select(consents)
-            .where(consents.c.customer_id.in_(part))
-            .order_by(consents.c.customer_id, consents.c.channel, consents.c.purpose)
+    counts: dict[str, dict[str, int]] = {cid: {} for cid in part}
+    for cid, channel, n in count_rows:
+        counts[cid][channel] = int(n)
+    found: dict[str, Customer] = {}
+    for row in rows:
+        values = dict(zip(_CUSTOMER_COLUMNS, row, strict=True))
+        cid = values["id"]
+        tally = counts[cid]
+        tally["total"] = sum(tally.values())
+        found[cid] = Customer(
+            id=cid,
+            name=values["name"],
+            timezone=values["timezone"],
+            attributes=values["attributes"] or {},
+            created_at=values["created_at"],
+            updated_at=values["updated_at"],
+            merged_into=values["merged_into"],
+            erased_at=values["erased_at"],
+            phones=phones[cid],
+            emails=emails[cid],
+            handles=handles[cid],
+            consent=consent[cid],
+            counts=tally,
         )
-        for c in consent_rows.mappings():
-            consent[c["customer_id"]].append(
-                {
-                    "channel": c["channel"],
-                    "purpose": c["purpose"],
-                    "state": c["state"],
-                    "updated_at": iso(c["updated_at"]),
-                }
-            )
-        counts: dict[str, dict[str, int]] = {cid: {} for cid in part}
-        count_rows = await conn.execute(
-            sa.select(events.c.customer_id, events.c.channel, sa.func.count())
-            .where(events.c.customer_id.in_(part))
-            .group_by(events.c.customer_id, events.c.channel)
-        )
-        for cid, channel, n in count_rows:
-            counts[cid][channel] = int(n)
-        for row in rows:
-            cid = row["id"]
-            tally = counts[cid]
-            tally["total"] = sum(tally.values())
-            found[cid] = Customer(
-                id=cid,
-                name=row["name"],
-                timezone=row["timezone"],
-                attributes=row["attributes"] or {},
-                created_at=row["created_at"],
-                updated_at=row["updated_at"],
-                merged_into=row["merged_into"],
-                erased_at=row["erased_at"],
-                phones=phones[cid],
-                emails=emails[cid],
-                handles=handles[cid],
-                consent=consent[cid],
-                counts=tally,
-            )
     return found
 
 
