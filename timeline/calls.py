@@ -346,6 +346,8 @@ _SQLITE_CUSTOMER_ROWS = (
     "GROUP BY customer_id, channel",
 )
 _CUSTOMER_COLUMNS = tuple(customers.columns.keys())
+#: The fields of a Customer that are its row's columns as they are.
+_AS_STORED = ("id", "name", "timezone", "created_at", "updated_at", "merged_into", "erased_at")
 _CUSTOMER_TIMES = [i for i, c in enumerate(customers.columns) if isinstance(c.type, UTCDateTime)]
 _CUSTOMER_ATTRIBUTES = list(customers.columns).index(customers.c.attributes)
 
@@ -403,14 +405,8 @@ def _customers_of(
         tally = counts[cid]
         tally["total"] = sum(tally.values())
         found[cid] = Customer(
-            id=cid,
-            name=values["name"],
-            timezone=values["timezone"],
+            **{name: values[name] for name in _AS_STORED},
             attributes=values["attributes"] or {},
-            created_at=values["created_at"],
-            updated_at=values["updated_at"],
-            merged_into=values["merged_into"],
-            erased_at=values["erased_at"],
             phones=phones[cid],
             emails=emails[cid],
             handles=handles[cid],
