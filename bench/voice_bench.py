@@ -23,8 +23,9 @@ In one run, on a fresh database migrated with ``timeline.migrate.upgrade``:
 Targets (printed with PASS/MISS, judged on SQLite): screen pop p99 < 50 ms, and
 <= 3 x the empty endpoint's round trip p99 under the same burst. The webhook's own round
 trip (answered after the pop is published) is shown too. Before serving, the CPU time
-per call of each stage of the webhook (parse, group writer, pop read, pop JSON, call rows)
-is measured in process on the same database (``stages``). ``--role`` picks who streams:
+per call of each stage of the webhook (parse, ingest, call rows, pop read, commit, SSE
+text, the WAL checkpoint after a batch) is measured in process on the same database
+(``stages``). ``--role`` picks who streams:
 an agent (team-scoped, as agents are: the stream checks each customer's team) or a
 supervisor (no check). ``COMMHUB_BENCH_PROFILE=file`` writes a cProfile of the server's
 event loop. Timings never go into tests; docs/performance.md records runs.
@@ -36,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import platform
@@ -70,14 +70,15 @@ from bench.timeline_bench import (
 from channels.twilio import voice
 from channels.twilio.forms import encode_form
 from channels.twilio.signature import SIGNATURE_HEADER, sign
-from hub.api.stream import Visibility
+from hub.api.stream import sse
 from hub.auth import add_agent
-from hub.voice_state import screen_pops
+from hub.voice_state import prepared_pops, ringing
 from timeline import migrate
 from timeline.calls import open_many
 from timeline.db import Database
-from timeline.publish import Publisher, audiences
-from timeline.writer import GroupWriter
+from timeline.ingest import ingest_batch
+from timeline.publish import audiences
+from timeline.wal import Checkpointer
 
 ACCOUNT_SID = "AC" + "b3" * 16
 AUTH_TOKEN = "bench-voice-token"
@@ -409,11 +410,12 @@ async def measure(
 
 STAGES = (
     "parse",
-    "ingest (group writer)",
-    "pop read",
-    "team check (agent stream)",
-    "pop JSON (SSE)",
+    "ingest",
     "call rows",
+    "pop read",
+    "commit",
+    "SSE text",
+    "WAL checkpoint (after the batch, off the path)",
 )
 
 
@@ -422,16 +424,16 @@ async def stages(
 ) -> dict[str, float]:
     """In-process CPU seconds per call of each stage of an incoming call, ``calls`` at once.
 
-    The same functions the webhook runs, without HTTP: ``parse_inbound_call``; the group
-    writer (one submission per call, all at once); ``screen_pops`` of the stored calls and
-    their audiences in one read (``hub.voice_state.Incoming``); the stream's team check of
-    an agent without a team (``Visibility.admitted``) over the burst's timeline events, as
-    published by the writer (the pops carry their audience); ``json.dumps`` of each pop as
-    the stream does; ``open_many`` of their rows. ``time.process_time`` counts every
-    thread (aiosqlite's too). Two rounds warm up.
+    The steps ``hub.voice_state.Incoming`` takes for a batch, without HTTP:
+    ``parse_inbound_call``; in one write transaction ``ingest_batch`` of the calls, the
+    calls' rows (``open_many``), their pops as the stream sends them (``prepared_pops``)
+    and their audiences; the commit; each pop's SSE message (``hub.api.stream.sse``); the
+    WAL checkpoint that follows a batch (``timeline.wal``; in the hub it runs beside the
+    requests). ``time.process_time`` counts every thread (aiosqlite's too). Two rounds
+    warm up.
     """
     db = Database.from_url(url)
-    writer = GroupWriter(db, region="US")
+    checkpoints = Checkpointer(db)
     totals = dict.fromkeys(STAGES, 0.0)
     try:
         for round_no in range(rounds + 2):
@@ -443,47 +445,32 @@ async def stages(
             t = time.process_time()
             submitted = [voice.parse_inbound_call(form)[0] for form in forms]
             took.append(time.process_time() - t)
-            t = time.process_time()
-            outcomes = await asyncio.gather(*(writer.submit([e]) for e in submitted))
-            stored = [o[0].event for o in outcomes if o[0].event is not None]
-            took.append(time.process_time() - t)
-            t = time.process_time()
-            async with db.read() as conn:
-                pops = await screen_pops(conn, stored)
+            async with db.write() as conn:
+                t = time.process_time()
+                result = await ingest_batch(conn, submitted, region="US")
+                stored = [o.event for o in result.outcomes if o.event is not None]
+                took.append(time.process_time() - t)
+                t = time.process_time()
+                await open_many(conn, [ringing(e) for e in stored])
+                took.append(time.process_time() - t)
+                t = time.process_time()
+                pops = await prepared_pops(conn, stored)
                 await audiences(conn, [e.customer_id for e in stored])
-            took.append(time.process_time() - t)
-            t = time.process_time()
-            visibility = Visibility(db, frozenset(), Publisher())
-            admitted = await visibility.admitted([("timeline", e) for e in stored])
-            assert len(admitted) == len(stored)  # the bench's customers have no team
+                took.append(time.process_time() - t)
+                t = time.process_time()
             took.append(time.process_time() - t)
             t = time.process_time()
             for pop in pops:
-                json.dumps(pop, separators=(",", ":"))
+                sse("call", pop)
             took.append(time.process_time() - t)
             t = time.process_time()
-            async with db.write() as conn:
-                await open_many(
-                    conn,
-                    [
-                        {
-                            "call_sid": e.external_id,
-                            "event_id": e.id,
-                            "direction": "inbound",
-                            "state": "ringing",
-                            "caller": e.sender,
-                            "callee": e.recipient,
-                            "at": e.occurred_at,
-                        }
-                        for e in stored
-                    ],
-                )
+            checkpoints.request()
+            await checkpoints.wait()
             took.append(time.process_time() - t)
             if round_no >= 2:
                 for name, seconds in zip(STAGES, took, strict=True):
                     totals[name] += seconds / calls
     finally:
-        await writer.stop()
         await db.dispose()
     return {name: seconds / rounds for name, seconds in totals.items()}
 

@@ -325,7 +325,7 @@ class Incoming:
                     assert found is not None
                 stored.append(found)
             held = [e for e in stored if e is not None]
-            await calls.open_many(conn, [_ringing(e) for e in held])
+            await calls.open_many(conn, [ringing(e) for e in held])
             if sqlite:
                 pops = await _pops_and_audiences(conn, held)
         if not sqlite:
@@ -343,7 +343,7 @@ class Incoming:
         ]
 
 
-def _ringing(event: StoredEvent) -> dict[str, Any]:
+def ringing(event: StoredEvent) -> dict[str, Any]:
     """The ``calls`` row of a new incoming call (``timeline.calls.open_many``)."""
     return {
         "call_sid": event.external_id,
