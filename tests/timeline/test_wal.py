@@ -46,8 +46,9 @@ async def test_the_log_is_copied_back_after_each_commit_and_starts_over(tmp_path
         without = _log_size(other)
     finally:
         await db.dispose()
-    # The log holds about one batch instead of all of them.
-    assert without > 2_500_000
+    # The log holds about one batch instead of all of them; Database.write() asks its own
+    # Checkpointer after each commit (timeline.db), so it does so without this one too.
+    assert without < 400_000
     assert with_checkpoints < 400_000
 
 
