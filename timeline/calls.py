@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline import store
+from timeline import sqlite_direct, store
 from timeline.customers import visible_to
 from timeline.db import DirectQuery
 from timeline.events import Channel, IdentityKind, utcnow
@@ -120,7 +120,12 @@ async def open_many(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) ->
         }
         for row in rows
     ]
-    await conn.execute(insert_ignoring(conn, calls, ["call_sid"]), values)
+    if await _OPEN_MANY.many(conn, values) is None:  # not SQLite through aiosqlite
+        await conn.execute(insert_ignoring(conn, calls, ["call_sid"]), values)
+
+
+#: :func:`open_many` on SQLite: one trip to the driver, stored as SQLAlchemy stores it.
+_OPEN_MANY = sqlite_direct.Insert(calls, "ON CONFLICT (call_sid) DO NOTHING")
 
 
 async def get(conn: AsyncConnection, call_sid: str) -> CallRow | None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hub.voice_state import Coalescer, Take, prepared_pops, screen_pop, screen_pops
 from tests.hub.voice.conftest import OUR_NUMBER, VoiceHub
@@ -150,3 +151,37 @@ async def test_page_json_equals_the_event_json_for_every_shape(hub: VoiceHub) ->
         as_json = await calls.first_pages_json(conn, [cid], limit=50)
     assert len(page) == 2 and page[0].attachments
     assert as_json[cid] == [e.to_json() for e in page]
+
+
+async def test_call_rows_written_together_are_stored_as_one_at_a_time(hub: VoiceHub) -> None:
+    call = await hub.sandbox.call_hub("+14155550185", OUR_NUMBER)
+    await hub.sandbox.settle()
+    at = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
+    async with hub.db.read() as conn:
+        event = await store.find_event(conn, "voice", call.sid)
+    assert event is not None
+    row: dict[str, Any] = {
+        "event_id": event.id,
+        "direction": "outbound-dial",
+        "state": "ringing",
+        "caller": "+14155550185",
+        "callee": None,
+        "parent_sid": call.sid,
+        "at": at,
+    }
+    async with hub.db.write() as conn:
+        await calls.open_call(conn, call_sid="CA-alone", **row)
+        await calls.open_many(conn, [{**row, "call_sid": "CA-together"}])
+        await calls.open_many(conn, [{**row, "call_sid": "CA-together", "state": "completed"}])
+        stored = (
+            await conn.exec_driver_sql(
+                "SELECT * FROM calls WHERE call_sid IN ('CA-alone', 'CA-together') "
+                "ORDER BY call_sid"
+            )
+        ).all()
+    # As the database holds them (SQLite: text), but for the key and the write time.
+    alone, together = (dict(r._mapping) for r in stored)
+    for found in (alone, together):
+        found.pop("call_sid")
+        found.pop("updated_at")
+    assert alone == together  # and the second open_many of a stored call changed nothing
