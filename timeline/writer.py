@@ -7,6 +7,17 @@ takes whatever submissions are waiting, ingests them in one transaction
 There is no artificial delay: while one batch commits, the next one gathers, so batches
 grow with load and a lone request is written at once.
 
+Under load the writer lets the event loop run a few passes (``GATHER_PASSES``, no timer)
+before it takes a batch, when the last batch held more than one submission: requests
+this process is already handling (their bodies read, their signatures being checked)
+then join this transaction instead of the next. Without it, concurrent webhooks split
+into a large and a small batch that alternate (32 connections: batches of 27 and 5),
+and every transaction costs the same fixed work (BEGIN, about eight trips to SQLite's
+thread, COMMIT: ~600 us of event-loop CPU in process). Measured with the SMS bench's
+servers under wrk -c32, A/B: batches of 31 instead of 16 on average, hub CPU per
+webhook 334 -> 275 us, 2,865 -> 3,402 webhooks/s. A lone request (last batch of one) is
+taken at once.
+
 A batch that fails as a whole is retried one submission at a time, so one bad request
 cannot fail the others that shared its transaction.
 
@@ -35,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _Submission = tuple[Sequence[Event], "asyncio.Future[list[Outcome]]"]
 _STOP = None
+#: Event-loop passes the writer yields before taking a batch, after a batch of several.
+GATHER_PASSES = 6
 
 
 class GroupWriter:
@@ -96,10 +109,17 @@ class GroupWriter:
 
     async def _run(self) -> None:
         stopping = False
+        last = 1  # submissions in the last batch: more than one means concurrent callers
         while not stopping:
             first = await self._queue.get()
             if first is None:  # _STOP
                 return
+            if last > 1:
+                # Let handlers in progress on this loop submit first (module doc). A fixed
+                # number of passes: stopping once as many wait as last time would keep
+                # the batches at whatever size they first settled on.
+                for _ in range(GATHER_PASSES):
+                    await asyncio.sleep(0)
             live: list[_Submission] = [first]
             size = len(first[0])
             while size < self.max_batch and not self._queue.empty():
@@ -109,6 +129,7 @@ class GroupWriter:
                     break
                 live.append(item)
                 size += len(item[0])
+            last = len(live)
             try:
                 await self._write(live)
             except Exception:

@@ -80,7 +80,7 @@ async def test_a_bad_submission_fails_alone(db: Database) -> None:
     results = await asyncio.gather(writer.submit([bad]), *good, return_exceptions=True)
     await writer.stop()
     assert isinstance(results[0], Exception)
-    assert all(not isinstance(r, Exception) and r[0].kind == "created" for r in results[1:])
+    assert all(not isinstance(r, BaseException) and r[0].kind == "created" for r in results[1:])
     assert await count(db, events) == 5
 
 
@@ -95,3 +95,32 @@ async def test_a_cancelled_submitter_still_has_its_events_written(db: Database) 
     assert task.cancelled()
     assert other[0].kind == "created"
     assert await count(db, events) == 2
+
+
+async def _after_passes(writer: GroupWriter, passes: int, sid: str) -> None:
+    for _ in range(passes):
+        await asyncio.sleep(0)
+    await writer.submit([sms(sid, "+14155550104")])
+
+
+async def test_under_load_submissions_a_few_loop_passes_apart_share_a_batch(
+    db: Database,
+) -> None:
+    writer = GroupWriter(db, region="US", concurrency=1)  # one writer task on PostgreSQL too
+    writer.start()
+    await asyncio.gather(*(writer.submit([sms(f"SMa{i}", "+14155550104")]) for i in range(4)))
+    before = writer.batches  # the last batch held several submissions: under load
+    await asyncio.gather(*(_after_passes(writer, i, f"SMb{i}") for i in range(4)))
+    assert writer.batches == before + 1
+    await writer.stop()
+    assert await count(db, events) == 8
+
+
+async def test_after_a_lone_request_the_next_is_written_at_once(db: Database) -> None:
+    writer = GroupWriter(db, region="US", concurrency=1)
+    writer.start()
+    await writer.submit([sms("SMlone", "+14155550105")])
+    before = writer.batches  # a batch of one: no waiting for others
+    await asyncio.gather(_after_passes(writer, 0, "SMc0"), _after_passes(writer, 3, "SMc3"))
+    assert writer.batches == before + 2
+    await writer.stop()
