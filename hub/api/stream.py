@@ -119,7 +119,10 @@ async def stream(ctx: Ctx) -> Response:
             yield ": connected\n\n"
             while True:
                 try:
-                    message = await asyncio.wait_for(sub.queue.get(), heartbeat)
+                    # A timeout on this task, not wait_for's task around each get: one
+                    # pass of the event loop less between a publish and its write.
+                    async with asyncio.timeout(heartbeat):
+                        message = await sub.queue.get()
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
