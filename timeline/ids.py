@@ -17,3 +17,15 @@ def new_id() -> str:
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
     return f"{value:032x}"
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` ids as :func:`new_id` makes them, with one ``os.urandom`` call for all."""
+    ms = time.time_ns() // 1_000_000
+    pool = os.urandom(10 * n)
+    head = (ms << 80) & ~(0xF << 76) | (0x7 << 76)  # version 7
+    ids = []
+    for i in range(0, 10 * n, 10):
+        rand = int.from_bytes(pool[i : i + 10], "big") & ~(0xF << 76 | 0x3 << 62)
+        ids.append(f"{head | rand | (0x2 << 62):032x}")  # RFC 9562 variant
+    return ids
