@@ -19,7 +19,7 @@ from timeline import sqlite_direct
 from timeline.db import DirectQuery
 from timeline.errors import Conflict, InvalidIdentity, NotFound
 from timeline.events import Identity, IdentityKind, utcnow
-from timeline.ids import new_id
+from timeline.ids import new_id, new_ids
 from timeline.records import Customer
 from timeline.schema import consents, customer_teams, customers, events, identities
 from timeline.search import matching_customer_ids
@@ -109,7 +109,7 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
     if not missing:
         return found
     now = utcnow()
-    made = {identity: new_id() for identity in missing}
+    made = dict(zip(missing, new_ids(len(missing)), strict=True))
     customer_rows: list[dict[str, Any]] = [
         {
             "id": cid,
@@ -127,13 +127,13 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
         await conn.execute(customers.insert(), customer_rows)
     identity_rows = [
         {
-            "id": new_id(),
+            "id": identity_id,
             "customer_id": cid,
             "kind": identity.kind.value,
             "value": identity.value,
             "created_at": now,
         }
-        for identity, cid in made.items()
+        for (identity, cid), identity_id in zip(made.items(), new_ids(len(made)), strict=True)
     ]
     # RETURNING names the identities this insert claimed; only those another transaction
     # took meanwhile (rare) need a second look.

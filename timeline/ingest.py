@@ -32,7 +32,7 @@ from timeline.errors import InvalidIdentity
 from timeline.events import Channel, Direction, Event, Identity, Kind, utcnow
 from timeline.files import FileStore
 from timeline.identity import normalize
-from timeline.ids import new_id
+from timeline.ids import new_id, new_ids
 from timeline.publish import Publisher
 from timeline.records import StoredEvent
 from timeline.schema import documents, events
@@ -343,10 +343,10 @@ async def ingest_batch(
     now = utcnow()
     created: list[StoredEvent] = []
     doc_rows: dict[str, list[dict[str, Any]]] = {}
-    for i in inserts:
+    event_ids = new_ids(len(inserts))
+    for i, event_id in zip(inserts, event_ids, strict=True):
         ev = batch[i]
         customer_id = ev.customer_id or resolved[counterparts[i]]
-        event_id = new_id()
         summaries: list[dict[str, Any]] = []
         if ev.attachments:
             summaries, docs = _attachment_rows(ev, event_id, customer_id, files)

@@ -68,3 +68,35 @@ def test_e164_shortcut_is_what_parse_makes(region: str) -> None:
         assert number == phonenumbers.parse(raw, region), raw
         shortcut += bool(_NANP_E164.fullmatch(raw))
     assert 2000 < shortcut < len(samples)  # both paths taken
+
+
+def test_validity_of_every_number_type_is_libphonenumbers() -> None:
+    """The main region's types are tried fixed line and mobile first: same answers."""
+    rng = random.Random(2312)
+    samples = [
+        "+18005550100",  # US toll free
+        "+18885550100",
+        "+19005550100",  # US premium rate
+        "+15005550100",  # US personal number
+        "+17005550100",
+        "+16175550100",  # US fixed line or mobile
+        "+79095550100",  # RU mobile
+        "+78005550100",  # RU toll free
+        "+448005550100",  # GB toll free
+        "+449095550100",  # GB premium
+        "+447005550100",  # GB personal
+        "+445605550100",  # GB VoIP
+        "+447624123456",  # IM, sharing +44
+    ]
+    for code, digits in (("1", 10), ("7", 10), ("44", 10), ("61", 9), ("39", 10), ("47", 8)):
+        for _ in range(1500):
+            first = rng.choice("123456789")
+            rest = "".join(rng.choice("0123456789") for _ in range(digits - 1))
+            samples.append(f"+{code}{first}{rest}")
+    valid = 0
+    for raw in samples:
+        number = phonenumbers.parse(raw, "US")
+        expected = phonenumbers.is_valid_number(number)
+        assert _is_valid(number) == expected, raw
+        valid += expected
+    assert 1000 < valid < len(samples) - 1000
