@@ -36,7 +36,6 @@ from timeline.files import FileStore
 from timeline.ingest import Outcome, attach_external_id, ingest_batch
 from timeline.publish import Audience, Prepared, Publisher, audiences
 from timeline.records import Customer, StoredEvent, iso
-from timeline.wal import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +270,6 @@ class Incoming:
         self.publisher = publisher
         self.region = region
         self.files = files
-        #: After each batch: its pages of SQLite's log are copied back beside the next
-        #: requests, not inside a later batch's commit (``timeline.wal``).
-        self.checkpoints = Checkpointer(db)
         self._coalesce: Coalescer[Event, Arrival | Exception] = Coalescer(self._batch)
 
     async def __call__(self, event: Event) -> Arrival:
@@ -336,7 +332,6 @@ class Incoming:
             self.publisher.publish("timeline", changed, popped[changed.id][1])
         for call in held:
             self.publisher.publish("call", *popped[call.id])
-        self.checkpoints.request()
         return [
             Arrival(outcome) if call is None else Arrival(outcome, call, *popped[call.id])
             for outcome, call in zip(result.outcomes, stored, strict=True)
