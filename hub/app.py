@@ -8,6 +8,7 @@ closes everything on shutdown.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from importlib import metadata
@@ -150,8 +151,6 @@ def create_app(
             if workers:
                 workers.start()
             log.info("commhub %s serving at %s", version(), settings.public_url)
-            import gc
-
             # What startup made lives as long as the process: out of the garbage
             # collector's way (https://docs.python.org/3/library/gc.html#gc.freeze), or each
             # full collection scans it again, 50-70 ms on the event loop that every request
