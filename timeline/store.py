@@ -112,8 +112,11 @@ async def page(
 
 #: The contract's event JSON (``StoredEvent.to_json``) of each row, built by SQLite.
 #: Timestamps: SQLAlchemy stores ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC); ``iso()`` writes
-#: ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (no fraction when it is zero).
-_SQLITE_FIRST_PAGE_JSON = """SELECT json_object(
+#: ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (no fraction when it is zero). ``data`` is spliced in
+#: as stored (JSON text that SQLAlchemy's serializer wrote) after the object's closing
+#: brace is cut (its last value, the attachments array, ends in ``]``): ``json(data)``
+#: would parse and rewrite it, ~17-20 us of a 50-event page's ~0.2 ms.
+_SQLITE_FIRST_PAGE_JSON = """SELECT rtrim(json_object(
  'id', id, 'customer_id', customer_id, 'channel', channel, 'kind', kind,
  'direction', direction,
  'occurred_at', replace(CASE WHEN substr(occurred_at, 20) = '.000000'
@@ -123,9 +126,10 @@ _SQLITE_FIRST_PAGE_JSON = """SELECT json_object(
  'attachments', CASE WHEN attachments IS NULL OR attachments IN ('null', '[]')
    THEN json('[]') ELSE (SELECT json_group_array(json_set(value, '$.url',
      '/api/v1/documents/' || json_extract(value, '$.id'))) FROM json_each(attachments))
-   END,
- 'data', CASE WHEN data IS NULL OR data IN ('null', '{}') THEN json('{}') ELSE json(data) END
-), occurred_at, id
+   END
+), '}') || ',"data":'
+ || CASE WHEN data IS NULL OR data IN ('null', '{}') THEN '{}' ELSE data END || '}',
+ occurred_at, id
 FROM events WHERE customer_id = ? ORDER BY occurred_at DESC, id DESC LIMIT ?"""
 
 

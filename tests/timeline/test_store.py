@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import random
 from datetime import timedelta
@@ -338,6 +339,10 @@ async def test_first_page_json_is_the_event_json(db: Database, files: FileStore)
         ),
         sms_in(phone(1), at=T0 + minutes(1), text=None, status=None),
         call(phone(1), external_id="CA9", status="completed", at=T0 + minutes(2)),
+        dataclasses.replace(  # data is spliced into the JSON as stored
+            sms_in(phone(2), at=T0 + minutes(3)),
+            data={"nested": {"list": [1, 2.5, None, True], "ü": 'q"}'}, "empty": {}},
+        ),
     ]
     outcomes = (await ingest(db, batch, region=REGION, files=files)).outcomes
     ids = {o.event.customer_id for o in outcomes if o.event}
