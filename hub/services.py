@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from channels.twilio.client import TwilioClient
 from config import Settings
-from hub.auth import Agent, TokenAuth
+from hub.auth import Agent, TokenAuth, bearer_token
 from hub.errors import ApiError
 from timeline.db import Database
 from timeline.files import FileStore
@@ -64,14 +64,13 @@ class Services:
         With ``conn`` the token is read in that transaction and its use is not recorded
         (the caller calls ``tokens.touch`` after the transaction).
         """
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
             raise ApiError(401, "unauthorized", "missing bearer token")
         if conn is None:
-            agent = await self.tokens.agent_for(token.strip())
+            agent = await self.tokens.agent_for(token)
         else:
-            agent = await self.tokens.lookup(conn, token.strip())
+            agent = await self.tokens.lookup(conn, token)
         if agent is None:
             raise ApiError(401, "unauthorized", "invalid or revoked token")
         return agent
