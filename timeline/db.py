@@ -29,16 +29,21 @@ if TYPE_CHECKING:
 
 _IMMEDIATE = "commhub_immediate"
 #: SQLite's automatic checkpoint (inside a commit, with its fsync) as the fallback only:
-#: ~40 MB of log. The default, 1,000 pages, is less than one 500-event ingest batch
-#: writes, so every such commit also copied the log back and fsynced (~75 us of the
-#: ~125 us of wall time per ingested event on the 1M-event bench database).
-_AUTOCHECKPOINT_PAGES = 20_000
+#: 160 MB of log (4 KB pages), above _LOG_LIMIT_BYTES. The default, 1,000 pages, is less
+#: than one 500-event ingest batch writes, so every such commit also copied the log back
+#: and fsynced (~75 us of the ~125 us of wall time per ingested event on the 1M-event
+#: bench database).
+_AUTOCHECKPOINT_PAGES = 40_000
 #: SQLite starts the log over in the first commit after a checkpoint that copied all of
 #: it, never while one runs; writers back to back (batch ingest) commit while the
 #: background checkpoint of the previous commit runs, so the log could keep growing.
 #: A writer that finds it past this size waits for the running checkpoint first (the
 #: log then starts over), and SQLite cuts the file back to it (``journal_size_limit``).
-_LOG_LIMIT_BYTES = 32 * 1024 * 1024
+#: 128 MB rather than 32: batch ingest on the 1M-event bench database (~4 MB of log a
+#: 500-event batch) waited a quarter as often; A/B 13,645-14,272 -> 14,458-16,467
+#: events/s (docs/performance.md, timeline, third pass). The log is that large only
+#: under back-to-back writers; each commit's checkpoint still follows it at once.
+_LOG_LIMIT_BYTES = 128 * 1024 * 1024
 #: How many driver connections ``Database.fetch_each`` keeps out of the pool between calls.
 _KEEP_IDLE = 2
 #: In ``Connection.info`` while a deferred BEGIN waits for the first statement (SQLite).
