@@ -41,7 +41,6 @@ from hub.auth import add_agent
 from hub.email_ingest import MailIngest
 from hub.email_sender import EmailSender
 from hub.services import Services
-from tests.hub.conftest import empty_pg_database
 from tests.peers.dovecot import DovecotPeer, dovecot, dovecot_server  # noqa: F401
 from tests.peers.smtp import SmtpPeer, StartSmtp, smtp_cert, smtp_server  # noqa: F401
 from timeline.db import Database
@@ -129,12 +128,9 @@ def dsn(
 
 
 @pytest.fixture
-async def database_url(api_database: tuple[str, str | None]) -> str:
-    """An empty database URL, once on SQLite (a new file) and once on PostgreSQL."""
-    url, pg_name = api_database
-    if pg_name is not None:
-        await empty_pg_database(pg_name)
-    return url
+def database_url(api_database_url: str) -> str:
+    """An empty, migrated database: SQLite and PostgreSQL (``tests/hub/conftest.py``)."""
+    return api_database_url
 
 
 @dataclasses.dataclass

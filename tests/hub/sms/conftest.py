@@ -7,11 +7,11 @@ storage-touching tests run on SQLite and on PostgreSQL). The sandbox needs the h
 for its webhooks and callbacks and the hub needs the sandbox's URL in its settings, so
 the hub's port is picked first and the sandbox is started before the hub.
 
-``database_url`` is redefined here with the same parameters and meaning as
-``tests/conftest.py``'s (an empty database, once on SQLite and once on PostgreSQL), but
-cheaper on PostgreSQL: one database per session, migrated once and emptied before each
-test (a few ms) instead of a CREATE DATABASE + DROP per test (1.3 s); the hub's lifespan
-still runs the migrations, which find nothing to do.
+``database_url`` is ``tests/hub/conftest.py``'s ``api_database_url`` (an empty
+database, once on SQLite and once on PostgreSQL): on PostgreSQL one database per
+session, migrated once and emptied before each test (a few ms) instead of a CREATE
+DATABASE + DROP per test (1.3 s); the hub's lifespan still runs the migrations, which
+find nothing to do.
 
 The hub's own code talks to the sandbox through the real twilio SDK; nothing is mocked.
 Tests drive the sender and the reconciler themselves (``SmsHub.sender()``,
@@ -25,12 +25,11 @@ import contextlib
 import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -46,9 +45,7 @@ from hub.auth import add_agent
 from hub.services import Services
 from hub.sms_reconcile import Reconciler
 from hub.sms_sender import SmsSender
-from tests.conftest import PG_DSN, _drop_pg_database, _make_pg_database, pg_url
 from timeline.db import Database
-from timeline.migrate import upgrade
 from timeline.schema import events
 from timeline.schema import outbox as outbox_table
 
@@ -332,65 +329,10 @@ class SmsHub:
         ]
 
 
-async def _migrate(url: str) -> None:
-    db = Database.from_url(url)
-    try:
-        await upgrade(db)
-    finally:
-        await db.dispose()
-
-
-@pytest.fixture(scope="session")
-def sms_pg_database() -> Iterator[str]:
-    """One migrated PostgreSQL database for this package's tests, dropped at the end."""
-    name = asyncio.run(_make_pg_database())
-    try:
-        asyncio.run(_migrate(pg_url(name)))
-        yield name
-    finally:
-        asyncio.run(_drop_pg_database(name))
-
-
-async def _empty_pg_database(name: str) -> None:
-    """Delete every row but the migration version (foreign keys off for the moment:
-    about 5 ms where a TRUNCATE of every table takes 0.25 s)."""
-    conn = await asyncpg.connect(f"{PG_DSN.rsplit('/', 1)[0]}/{name}", timeout=5)
-    try:
-        tables = [
-            row[0]
-            for row in await conn.fetch(
-                "SELECT quote_ident(tablename) FROM pg_tables "
-                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-            )
-        ]
-        if not tables:
-            return
-        try:
-            async with conn.transaction():
-                await conn.execute("SET LOCAL session_replication_role = replica")
-                await conn.execute(";".join(f"DELETE FROM {table}" for table in tables))
-        except asyncpg.InsufficientPrivilegeError:
-            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sms_database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
-    """(SQLAlchemy URL, PostgreSQL database name or None); one test per database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/hub.db", None
-    name: str = request.getfixturevalue("sms_pg_database")
-    return pg_url(name), name
-
-
 @pytest.fixture
-async def database_url(sms_database: tuple[str, str | None]) -> str:
-    """An empty database URL, once on SQLite (a new file) and once on PostgreSQL."""
-    url, pg_name = sms_database
-    if pg_name is not None:
-        await _empty_pg_database(pg_name)
-    return url
+def database_url(api_database_url: str) -> str:
+    """An empty, migrated database: SQLite and PostgreSQL (``tests/hub/conftest.py``)."""
+    return api_database_url
 
 
 StartHub = Callable[..., contextlib.AbstractAsyncContextManager[SmsHub]]

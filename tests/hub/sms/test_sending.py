@@ -387,7 +387,7 @@ async def two_customers(hub: SmsHub) -> tuple[str, str]:
     return await hub.customer_for("+14155550121"), await hub.customer_for("+14155550122")
 
 
-@pytest.mark.parametrize("sms_database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("api_database", ["sqlite"], indirect=True)
 async def test_8_a_burst_of_500_stays_under_the_rate_per_sending_number(
     start_hub: StartHub,
 ) -> None:
@@ -449,7 +449,7 @@ async def test_8_a_burst_of_500_stays_under_the_rate_per_sending_number(
         assert elapsed >= 250 / rate - 1, elapsed
 
 
-@pytest.mark.parametrize("sms_database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("api_database", ["sqlite"], indirect=True)
 async def test_8_a_backlog_on_one_number_does_not_hold_up_another(start_hub: StartHub) -> None:
     rate = 50
     silent = ("sent", "delivered", "undelivered", "failed")

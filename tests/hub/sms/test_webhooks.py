@@ -158,7 +158,7 @@ async def test_2_signatures_are_checked_against_the_public_url(start_hub: StartH
         assert await hub.count(events) == 3
 
 
-@pytest.mark.parametrize("sms_database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("api_database", ["sqlite"], indirect=True)
 async def test_2_a_public_url_with_a_path_prefix(start_hub: StartHub) -> None:
     public_url = "https://example.com/hub"
     async with start_hub(public_url=public_url) as hub:
