@@ -11,16 +11,11 @@ def new_id() -> str:
 
     Ids sort by creation time, which keeps B-tree inserts at the right edge.
     """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return f"{value:032x}"
+    return new_ids(1)[0]
 
 
 def new_ids(n: int) -> list[str]:
-    """``n`` ids as :func:`new_id` makes them, with one ``os.urandom`` call for all."""
+    """``n`` ids laid out as :func:`new_id` describes, one ``os.urandom`` call for all."""
     ms = time.time_ns() // 1_000_000
     pool = os.urandom(10 * n)
     head = (ms << 80) & ~(0xF << 76) | (0x7 << 76)  # version 7
