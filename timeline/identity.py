@@ -74,73 +74,14 @@ def _is_valid(number: phonenumbers.PhoneNumber) -> bool:
     """
     regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code or 0, ())
     if len(regions) > 1:
-        main = _patterns(regions[0])
-        if main is not None and _valid_in(number, main):
+        main = phonenumbers.PhoneMetadata.metadata_for_region(regions[0], None)
+        if (
+            main is not None
+            and main.leading_digits is None
+            and phonenumbers.is_valid_number_for_region(number, regions[0])
+        ):
             return True
     return bool(phonenumbers.is_valid_number(number))
-
-
-#: libphonenumber's number types (``_number_type_helper``), the usual ones first.
-_TYPES = (
-    "fixed_line",
-    "mobile",
-    "toll_free",
-    "premium_rate",
-    "shared_cost",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
-)
-_Desc = tuple[frozenset[int], "re.Pattern[str]"]
-
-
-def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
-    if desc is None or not desc.national_number_pattern:
-        return None  # matches nothing (the library's _match_national_number)
-    return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
-
-
-@functools.lru_cache(maxsize=64)
-def _patterns(region: str) -> tuple[int, _Desc, tuple[_Desc, ...]] | None:
-    """A main region's calling code, general pattern and number-type patterns, compiled.
-
-    None where the shortcut does not apply: no metadata, or a leading-digits rule (the
-    library then decides which region of the code the number belongs to).
-    """
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
-    if metadata is None or metadata.leading_digits is not None:
-        return None
-    general = _desc(metadata.general_desc)
-    if general is None or metadata.country_code is None:
-        return None
-    types = tuple(d for t in _TYPES if (d := _desc(getattr(metadata, t))) is not None)
-    return metadata.country_code, general, types
-
-
-def _valid_in(
-    number: phonenumbers.PhoneNumber, patterns: tuple[int, _Desc, tuple[_Desc, ...]]
-) -> bool:
-    """``phonenumbers.is_valid_number_for_region`` for the region of ``patterns``.
-
-    Valid means: the general pattern matches and so does some number type's. The library
-    tries premium rate, toll free, ... voicemail, then fixed line, then mobile, in that
-    order, to name the type; for validity the order does not matter, so fixed line and
-    mobile (the usual answers) go first: 2-3 patterns for a US number instead of 10.
-    """
-    code, general, types = patterns
-    if number.country_code != code:
-        return False
-    nsn = phonenumbers.national_significant_number(number)
-    if not _matches(nsn, general):
-        return False
-    return any(_matches(nsn, desc) for desc in types)
-
-
-def _matches(nsn: str, desc: _Desc) -> bool:
-    lengths, pattern = desc
-    return (not lengths or len(nsn) in lengths) and pattern.fullmatch(nsn) is not None
 
 
 def normalize_email(raw: str, *, field: str = "email") -> str:
