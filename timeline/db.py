@@ -48,6 +48,16 @@ _LOG_LIMIT_BYTES = 128 * 1024 * 1024
 _KEEP_IDLE = 2
 #: In ``Connection.info`` while a deferred BEGIN waits for the first statement (SQLite).
 _BEGIN_PENDING = "commhub_begin_pending"
+#: How much of the database file ``Database.fetch_each``'s SQLite connections read through
+#: a memory map (https://www.sqlite.org/mmap.html) instead of a pread() per page: a first
+#: timeline page reads ~50 rows at random places. HTTP A/B on the 1M-event bench database
+#: (docs/performance.md, timeline, fourth pass): server CPU -5 to -10% a page. SQLite caps
+#: it at its compile-time limit (2 GB by default); past it, pages are read as before.
+#: Mapped pages count in the process's RSS (file-backed, shared with the page cache), so
+#: only these connections map: batch writers and the other readers are unchanged.
+_READ_MMAP_BYTES = 2**31
+#: In a pooled connection's ``info`` once ``_READ_MMAP_BYTES`` is set on it.
+_MMAP_SET = "commhub_mmap"
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -312,7 +322,12 @@ class Database:
             raise RuntimeError("fetch_each needs aiosqlite or asyncpg")
         raw = self._idle.pop() if self._idle else await self.engine.raw_connection()
         try:
-            rows = await _fetch_on(raw.driver_connection, self.dialect, statements)
+            driver: Any = raw.driver_connection
+            if self.dialect == "sqlite" and not raw.info.get(_MMAP_SET):
+                # Once per pooled connection (it keeps the setting when it goes back).
+                await driver.execute_fetchall(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
+                raw.info[_MMAP_SET] = True
+            rows = await _fetch_on(driver, self.dialect, statements)
         except BaseException:
             raw.close()  # back to the pool, which rolls back what may be left open
             raise

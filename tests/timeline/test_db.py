@@ -7,6 +7,7 @@ snapshot, and writes must still be atomic and roll back.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,33 @@ async def test_writes_roll_back_and_leave_no_transaction_open(sqlite_db: Databas
     async with sqlite_db.read() as conn:
         items, _ = await store.page(conn, customer_id)
     assert [e.text for e in items] == ["x"]
+
+
+def _file_size(db: Database) -> int:
+    return os.stat(str(db.engine.url.database)).st_size
+
+
+async def test_fetch_each_reads_sqlite_through_a_memory_map(sqlite_db: Database) -> None:
+    """fetch_each's connections map the file (``_READ_MMAP_BYTES``); what writers commit
+    later, checkpointed into a file that grew past what was mapped, is read all the same."""
+    async with sqlite_db.read() as conn:  # a connection fetch_each has not used
+        assert (await conn.exec_driver_sql("PRAGMA mmap_size")).scalar() == 0
+    mapped = await sqlite_db.fetch_each([("PRAGMA mmap_size", ())])
+    assert mapped[0][0][0] > 0
+    async with sqlite_db.write() as conn:
+        first = await customer_ops.create(conn, name="first")
+    dialect = sqlite_db.engine.dialect
+    assert (await sqlite_db.fetch_each([_NAMES.statement_for(dialect, id=first)]))[0][0][0] == (
+        "first"
+    )
+    size = _file_size(sqlite_db)
+    async with sqlite_db.write() as conn:
+        ids = [await customer_ops.create(conn, name="x" * 500 + str(i)) for i in range(2000)]
+    await sqlite_db.checkpoints.wait()
+    assert _file_size(sqlite_db) > 2 * size
+    rows = await sqlite_db.fetch_each([_NAMES.statement_for(dialect, id=i) for i in ids[-50:]])
+    assert [found[0][0] for found in rows] == ["x" * 500 + str(i) for i in range(1950, 2000)]
+    assert (await sqlite_db.fetch_each([("PRAGMA mmap_size", ())]))[0][0][0] == mapped[0][0][0]
 
 
 async def test_fetch_each_reads_every_statement_on_one_connection(db: Database) -> None:
