@@ -171,7 +171,7 @@ async def _pop_reads(
         )
     people = calls.customers_of_rows(wanted, rows[:4])
     pages = {
-        cid: calls.page_text(found, limit=POP_PAGE)
+        cid: calls.page_text(found)
         for cid, found in zip(wanted, rows[4 : 4 + len(wanted)], strict=True)
     }
     return people, pages, audiences_of(wanted, rows[-1]) if audience else {}
