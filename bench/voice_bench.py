@@ -72,12 +72,11 @@ from channels.twilio.forms import encode_form
 from channels.twilio.signature import SIGNATURE_HEADER, sign
 from hub.api.stream import sse
 from hub.auth import add_agent
-from hub.voice_state import prepared_pops, ringing
+from hub.voice_state import pops_and_audiences, ringing
 from timeline import migrate
 from timeline.calls import open_many
 from timeline.db import Database
 from timeline.ingest import ingest_batch
-from timeline.publish import audiences
 
 ACCOUNT_SID = "AC" + "b3" * 16
 AUTH_TOKEN = "bench-voice-token"
@@ -425,8 +424,8 @@ async def stages(
 
     The steps ``hub.voice_state.Incoming`` takes for a batch, without HTTP:
     ``parse_inbound_call``; in one write transaction ``ingest_batch`` of the calls, the
-    calls' rows (``open_many``), their pops as the stream sends them (``prepared_pops``)
-    and their audiences; the commit; each pop's SSE message (``hub.api.stream.sse``); the
+    calls' rows (``open_many``), their pops as the stream sends them and their audiences
+    (``pops_and_audiences``); the commit; each pop's SSE message (``hub.api.stream.sse``); the
     WAL checkpoint ``Database.write`` asks for after the commit (``timeline.wal``; in the
     hub it runs beside the requests). ``time.process_time`` counts every thread
     (aiosqlite's too). Two rounds warm up.
@@ -452,8 +451,7 @@ async def stages(
                 await open_many(conn, [ringing(e) for e in stored])
                 took.append(time.process_time() - t)
                 t = time.process_time()
-                pops = await prepared_pops(conn, stored)
-                await audiences(conn, [e.customer_id for e in stored])
+                pops = [pop for pop, _ in await pops_and_audiences(conn, stored)]
                 took.append(time.process_time() - t)
                 t = time.process_time()
             took.append(time.process_time() - t)

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline import sqlite_direct, store
 from timeline.customers import visible_to
-from timeline.db import DirectQuery
+from timeline.db import DirectQuery, Statement
 from timeline.events import Channel, IdentityKind, utcnow
 from timeline.records import Customer, StoredEvent, iso
 from timeline.schema import UTCDateTime, calls, consents, customers, events, identities
@@ -359,8 +359,26 @@ _CUSTOMER_ATTRIBUTES = list(customers.columns).index(customers.c.attributes)
 
 async def _customer_rows_sqlite(conn: AsyncConnection, part: Sequence[str]) -> _CustomerRows:
     """The rows of :func:`customers_many` from aiosqlite, their text turned to values."""
-    ids = (json.dumps(list(part)),)
-    raw = [await DirectQuery.driver_rows(conn, sql, ids) for sql in _SQLITE_CUSTOMER_ROWS]
+    raw = [await DirectQuery.driver_rows(conn, sql, ids) for sql, ids in customers_statements(part)]
+    return _typed(raw)
+
+
+def customers_statements(customer_ids: Sequence[str]) -> list[Statement]:
+    """The SQL (SQLite's, for aiosqlite) and parameters of :func:`customers_many`'s four
+    reads, for a caller that sends them with other reads; their rows, in order, go to
+    :func:`customers_of_rows`."""
+    ids = (json.dumps(list(customer_ids)),)
+    return [(sql, ids) for sql in _SQLITE_CUSTOMER_ROWS]
+
+
+def customers_of_rows(customer_ids: Sequence[str], raw: Sequence[list[Any]]) -> dict[str, Customer]:
+    """:func:`customers_many` from the rows of :func:`customers_statements` (the ids
+    without repeats)."""
+    return _customers_of(customer_ids, *_typed(raw))
+
+
+def _typed(raw: Sequence[list[Any]]) -> _CustomerRows:
+    """The rows of the four SQLite reads with their text turned to values."""
     rows = []
     for row in raw[0]:
         values = list(row)
@@ -487,6 +505,32 @@ async def first_pages_text(
         return out
     pages = await first_pages(conn, wanted, limit=limit)
     return {cid: _dumps([e.to_json() for e in page]) for cid, page in pages.items()}
+
+
+def first_page_statements(customer_ids: Sequence[str], *, limit: int = 50) -> list[Statement]:
+    """The SQL (SQLite's, for aiosqlite) and parameters of each customer's first page as
+    :func:`first_pages_text` writes it, for a caller that sends them with other reads;
+    the rows of each go to :func:`page_text`.
+
+    One row a page: the event JSON texts of ``store.first_page_json_statement`` (its
+    parameters: the customer and how many rows) joined by SQLite in the page's order.
+    The page is a co-routine of the aggregate (its ORDER BY and LIMIT keep it from being
+    flattened into it), so its rows come in order (tested against the page row by row);
+    one row instead of 51 cost SQLite and the driver ~10% less per page.
+    """
+    return [(_joined_page(), (cid, limit)) for cid in customer_ids]
+
+
+def page_text(rows: list[Any]) -> str:
+    """A first page's JSON array from the rows of its :func:`first_page_statements`."""
+    ((joined,),) = rows
+    return "[" + (joined or "") + "]"
+
+
+@functools.cache
+def _joined_page() -> str:
+    page, _ = store.first_page_json_statement("")
+    return f"WITH page(j, at, id) AS ({page}) SELECT group_concat(j, ',') FROM page"  # noqa: S608
 
 
 async def first_pages_json(

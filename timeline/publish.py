@@ -18,13 +18,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline.db import DirectQuery
+from timeline.db import DirectQuery, Statement
 from timeline.schema import customer_teams, customers
 from timeline.sql import chunks
 
@@ -57,11 +57,12 @@ async def audiences(conn: AsyncConnection, customer_ids: Iterable[str]) -> dict[
     On SQLite the query goes straight to the driver (the ids as one JSON array).
     """
     wanted = sorted(set(customer_ids))
-    found: dict[str, set[str]] = {}
+    rows: list[Any] = []
     direct = DirectQuery.direct(conn) and conn.dialect.name == "sqlite"
     for part in chunks(wanted):
         if direct:
-            rows = await DirectQuery.driver_rows(conn, _SQLITE_AUDIENCES, (json.dumps(part),))
+            sql, params = audiences_statement(part)
+            rows += await DirectQuery.driver_rows(conn, sql, params)
         else:
             query = (
                 sa.select(customers.c.id, customer_teams.c.team)
@@ -72,12 +73,24 @@ async def audiences(conn: AsyncConnection, customer_ids: Iterable[str]) -> dict[
                 )
                 .where(customers.c.id.in_(part))
             )
-            rows = list(await conn.execute(query))
-        for cid, team in rows:
-            teams = found.setdefault(cid, set())
-            if team is not None:
-                teams.add(team)
-    return {cid: Audience(cid in found, frozenset(found.get(cid, ()))) for cid in wanted}
+            rows += await conn.execute(query)
+    return audiences_of(wanted, rows)
+
+
+def audiences_statement(customer_ids: Sequence[str]) -> Statement:
+    """The SQL (SQLite's, for aiosqlite) and parameters of :func:`audiences`, for a caller
+    that sends it with other reads; its rows go to :func:`audiences_of`."""
+    return _SQLITE_AUDIENCES, (json.dumps(list(customer_ids)),)
+
+
+def audiences_of(customer_ids: Iterable[str], rows: Iterable[Any]) -> dict[str, Audience]:
+    """The :class:`Audience` of each of ``customer_ids`` from rows ``(customer id, team)``."""
+    found: dict[str, set[str]] = {}
+    for cid, team in rows:
+        teams = found.setdefault(cid, set())
+        if team is not None:
+            teams.add(team)
+    return {cid: Audience(cid in found, frozenset(found.get(cid, ()))) for cid in customer_ids}
 
 
 _SQLITE_AUDIENCES = (

@@ -8,13 +8,21 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hub.voice_state import Coalescer, Take, prepared_pops, screen_pop, screen_pops
+from hub.voice_state import (
+    Coalescer,
+    Take,
+    pops_and_audiences,
+    prepared_pops,
+    screen_pop,
+    screen_pops,
+)
 from tests.hub.voice.conftest import OUR_NUMBER, VoiceHub
 from timeline import calls, store
 from timeline import customers as customer_ops
 from timeline.events import Attachment, Channel, Direction, Event, Identity, IdentityKind, Kind
 from timeline.files import FileStore
 from timeline.ingest import ingest_batch
+from timeline.publish import audiences
 
 
 async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
@@ -24,6 +32,12 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
         f"/api/v1/customers/{bob['id']}",
         json={"add": {"emails": ["bob@example.org"]}},
     )
+    teams = await hub.api.patch(
+        f"/api/v1/customers/{bob['id']}",
+        json={"teams": ["red", "blue"]},
+        headers={"Authorization": f"Bearer {hub.tokens['supervisor']}"},
+    )
+    assert teams.status_code == 200, teams.text
     for i in range(51):  # more than a page
         await hub.api.post(f"/api/v1/customers/{ann['id']}/notes", json={"text": f"n{i}"})
     await hub.sandbox.text_hub("+14155550182", OUR_NUMBER, "STOP")
@@ -61,6 +75,13 @@ async def test_group_reads_equal_one_at_a_time(hub: VoiceHub) -> None:
         assert together == alone == written
         assert [p.customer_id for p in prepared] == [e.customer_id for e in known]
         assert all(p.data == json.loads(p.text) for p in prepared)
+        # Pops and audiences as incoming calls read them (on SQLite in one trip to the
+        # driver's thread): the same pops, and the audiences audiences() reads.
+        paired = await pops_and_audiences(conn, [*known, known[0]])
+        assert [p.text for p, _ in paired] == [p.text for p in [*prepared, prepared[0]]]
+        expected = await audiences(conn, [e.customer_id for e in known])
+        assert [a for _, a in paired] == [expected[e.customer_id] for e in [*known, known[0]]]
+        assert expected[bob["id"]].teams == {"red", "blue"}
 
 
 async def test_waiting_work_is_done_together_and_failures_reach_everyone() -> None:
