@@ -100,7 +100,7 @@ _CLAIM_IDENTITIES = sqlite_direct.Insert(
 async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identity, str]:
     """Customer ids for normalized identities, creating a customer for each unknown one."""
     # A fixed order of inserts keeps concurrent batches from deadlocking on PostgreSQL.
-    wanted = sorted(dict.fromkeys(ids), key=lambda i: (i.kind.value, i.value))
+    wanted = sorted(dict.fromkeys(ids), key=lambda i: (i.kind, i.value))  # StrEnum: str order
     found: dict[Identity, str] = {}
     if not wanted:
         return found
@@ -110,12 +110,15 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
         return found
     now = utcnow()
     made = dict(zip(missing, new_ids(len(missing)), strict=True))
+    # One dict for every row: the bind processor converts a value shared by consecutive
+    # rows once (sqlite_direct.Insert), not a JSON dump per new customer.
+    no_attributes: dict[str, Any] = {}
     customer_rows: list[dict[str, Any]] = [
         {
             "id": cid,
             "name": None,
             "timezone": None,
-            "attributes": {},
+            "attributes": no_attributes,
             "created_at": now,
             "updated_at": now,
             "merged_into": None,
@@ -147,8 +150,9 @@ async def resolve(conn: AsyncConnection, ids: Sequence[Identity]) -> dict[Identi
                 identity_rows,
             )
         )
+    asked = {(i.kind.value, i.value): i for i in missing}
     for kind, value, customer_id in claimed:
-        found[Identity(IdentityKind(kind), value)] = customer_id
+        found[asked[(kind, value)]] = customer_id
     raced = [i for i in missing if i not in found]
     if raced:
         await _lookup(conn, raced, found)
@@ -167,11 +171,12 @@ _OWNERS = sa.select(identities.c.value, identities.c.customer_id).where(
 async def _lookup(
     conn: AsyncConnection, wanted: Sequence[Identity], found: dict[Identity, str]
 ) -> None:
-    by_kind: dict[IdentityKind, list[str]] = {}
+    # The rows name the values asked for: map them back to the callers' Identity objects.
+    by_kind: dict[IdentityKind, dict[str, Identity]] = {}
     for identity in wanted:
-        by_kind.setdefault(identity.kind, []).append(identity.value)
-    for kind, values in by_kind.items():
-        for part in chunks(values):
+        by_kind.setdefault(identity.kind, {})[identity.value] = identity
+    for kind, asked in by_kind.items():
+        for part in chunks(list(asked)):
             direct = await sqlite_direct.rows(
                 conn,
                 sqlite_direct.in_list(
@@ -186,7 +191,7 @@ async def _lookup(
                 else await conn.execute(_OWNERS, {"kind": kind.value, "values": part})
             )
             for value, customer_id in rows:
-                found[Identity(kind, value)] = customer_id
+                found[asked[value]] = customer_id
 
 
 async def get(conn: AsyncConnection, customer_id: str) -> Customer:

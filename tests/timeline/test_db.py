@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from timeline import customers as customer_ops
+from timeline import db as db_module
 from timeline import migrate, store
 from timeline.db import Database, DirectQuery
 from timeline.ingest import ingest_batch
@@ -160,3 +161,21 @@ async def test_fetch_each_reads_every_statement_on_one_connection(db: Database) 
         await conn.execute(customers.update().where(customers.c.id == second).values(name="2"))
     async with db.read() as conn:
         assert await _by_sqlalchemy(conn, second) == "2"
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def test_sqlite_reuses_the_warmest_connection(sqlite_db: Database) -> None:
+    """Connections have the larger page cache, and the pool hands out the one returned
+    last, so back-to-back writers (batch ingest) keep the pages they read cached."""
+    async with sqlite_db.read() as first:
+        async with sqlite_db.read() as second:
+            warm, cold = await _driver(first), await _driver(second)
+            assert warm is not cold
+        # ``second`` went back first, ``first`` last: ``first`` is the warm one.
+    async with sqlite_db.write() as conn:
+        assert await _driver(conn) is warm
+        size = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+    assert size == -db_module._CACHE_KIB
