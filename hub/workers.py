@@ -8,7 +8,6 @@ pause, so a bad row cannot stop the hub.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -28,6 +27,8 @@ Loop = Callable[[], Coroutine[Any, Any, None]]
 #: Seconds between rounds of the outbox recovery, at most (less when
 #: ``HUB_OUTBOX_STALE_AFTER`` is shorter).
 RECOVERY_EVERY = 60.0
+#: Seconds :meth:`Workers.stop` waits before it cancels a task that is still running again.
+RECANCEL_EVERY = 0.5
 
 
 async def outbox_recovery(services: Services) -> None:
@@ -151,12 +152,30 @@ class Workers:
         log.info("workers started: %s", ", ".join([*self.jobs, *self.loops]) or "none")
 
     async def stop(self) -> None:
-        """Cancel every job and wait for them."""
+        """Cancel every job and wait for them to end.
+
+        A cancellation can be absorbed below our code: SQLAlchemy's asyncio connection
+        terminate (``connectors/asyncio.py``) and aiosqlite's close catch it while they
+        tear down a connection that was cancelled mid-query, and the loop then goes on to
+        its next round (seen as a shutdown that never ended). So a task still running
+        after ``RECANCEL_EVERY`` is cancelled again, until it ends; one that raised
+        instead of stopping is logged.
+        """
         for task in self.tasks:
             task.cancel()
+        pending = set(self.tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_EVERY)
+            for task in pending:
+                log.warning(
+                    "worker %s did not stop when cancelled; cancelling again", task.get_name()
+                )
+                task.cancel()
         for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "worker %s failed while stopping", task.get_name(), exc_info=task.exception()
+                )
         self.tasks.clear()
 
     async def run_forever(self) -> None:
