@@ -232,8 +232,9 @@ def _fetch_each(driver: Any, statements: Sequence[Statement]) -> list[list[Any]]
     return [connection.execute(sql, params).fetchall() for sql, params in statements]
 
 
-async def _fetch_on(driver: Any, dialect: str, statements: Sequence[Statement]) -> list[list[Any]]:
-    """The rows of each statement on an aiosqlite or asyncpg connection, in order."""
+async def fetch_on(driver: Any, dialect: str, statements: Sequence[Statement]) -> list[list[Any]]:
+    """The rows of each statement on an aiosqlite or asyncpg connection, in order; on
+    aiosqlite in one trip to its thread."""
     if dialect != "sqlite":
         return [list(await driver.fetch(sql, *params)) for sql, params in statements]
     run = getattr(driver, "_execute", None)  # see DirectQuery.driver_rows
@@ -339,7 +340,7 @@ class Database:
                 # Once per pooled connection (it keeps the setting when it goes back).
                 await driver.execute_fetchall(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
                 raw.info[_MMAP_SET] = True
-            rows = await _fetch_on(driver, self.dialect, statements)
+            rows = await fetch_on(driver, self.dialect, statements)
         except BaseException:
             raw.close()  # back to the pool, which rolls back what may be left open
             raise

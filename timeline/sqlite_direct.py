@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from timeline.db import Statement
+from timeline.db import Statement, fetch_on
 
 
 def _driver(conn: AsyncConnection) -> Any:
@@ -63,19 +63,7 @@ async def fetch_each(
     driver = _driver(conn)
     if driver is None:
         return None
-    # aiosqlite has no public call for several statements in one trip; _execute(fn) is
-    # how its own methods reach its thread (as timeline.db.DirectQuery uses it).
-    run = getattr(driver, "_execute", None)
-    if run is None:
-        return [list(await driver.execute_fetchall(sql, params)) for sql, params in statements]
-    found: list[list[Any]] = await run(_fetch_each, driver, statements)
-    return found
-
-
-def _fetch_each(driver: Any, statements: Sequence[Statement]) -> list[list[Any]]:
-    """In aiosqlite's thread: the rows of each statement, in order."""
-    connection = driver._conn  # the sqlite3 connection, used only in aiosqlite's thread
-    return [connection.execute(sql, params).fetchall() for sql, params in statements]
+    return await fetch_on(driver, "sqlite", statements)
 
 
 class Insert:
