@@ -174,7 +174,7 @@ class Workers:
         for task in self.tasks:
             if not task.cancelled() and task.exception() is not None:
                 log.error(
-                    "worker %s failed while stopping", task.get_name(), exc_info=task.exception()
+                    "worker %s ended with an error", task.get_name(), exc_info=task.exception()
                 )
         self.tasks.clear()
 

@@ -65,4 +65,4 @@ async def test_stop_logs_a_loop_that_failed_while_stopping(
     workers.start()
     await asyncio.sleep(0.01)
     await asyncio.wait_for(workers.stop(), timeout=10)
-    assert "worker fails failed while stopping" in caplog.text
+    assert "worker fails ended with an error" in caplog.text
