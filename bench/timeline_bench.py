@@ -16,7 +16,11 @@ In one run, on a fresh database migrated with ``timeline.migrate.upgrade``:
    same settings in subprocesses, requests interleaved from one keep-alive client
    (raw HTTP/1.1 on a socket: the figure that is judged; httpx also shown);
 4. ``timeline.ingest.ingest`` of normalized events in batches (known and new senders,
-   SMS and email), events/s.
+   SMS and email), events/s;
+5. on SQLite, the storage ceiling of that ingest (``bench.ingest_ceiling``): the rows it
+   created, written again by stdlib sqlite3 alone into a copy of the database as it was
+   before, batch by batch with the same full-text statement and checkpoints; shown
+   beside the ingest (information: no ingest can be faster on the same machine).
 
 Targets (printed with PASS/MISS): SQLite store page p99 <= 2 x raw aiosqlite p99 + 1 ms;
 HTTP page p99 <= 3 x empty endpoint p99; batch ingest >= 20,000 events/s. Timings never
@@ -54,6 +58,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
+from bench import ingest_ceiling
 from bench.data import BuiltCustomer, Generator, event_counts
 from hub.auth import add_agent
 from timeline import migrate, store
@@ -653,6 +658,7 @@ def versions() -> str:
 
 async def run(args: argparse.Namespace) -> int:
     gen = Generator()
+    ceiling: ingest_ceiling.CeilingFigures | None = None
     say(
         f"commhub timeline bench  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  db={args.db}  "
         f"events={args.events:,}  customers={args.customers:,}"
@@ -712,6 +718,11 @@ async def run(args: argparse.Namespace) -> int:
                 f"5. ingest: {args.batches} batches of {args.batch_size} "
                 f"(50% known senders, 40% email; {load()})"
             )
+            before = None
+            if target.sqlite_path is not None:
+                before = await ingest_ceiling.snapshot(
+                    db, target.sqlite_path, target.workdir / "before-ingest.db"
+                )
             figures = await measure_ingest(db, gen, built, args.batches, args.batch_size)
             say(
                 f"  {figures.events:,} events in {figures.seconds:.2f} s: "
@@ -723,6 +734,20 @@ async def run(args: argparse.Namespace) -> int:
                 f"event loop's thread {figures.loop_cpu_seconds / figures.events * 1e6:.0f}"
             )
             say(figures.per_batch.line())
+            if before is not None and target.sqlite_path is not None:
+                await db.dispose()
+                say(
+                    "6. the storage ceiling: the rows step 5 created, written again into a copy "
+                    f"of the database as it was before it by stdlib sqlite3 alone ({load()})"
+                )
+                replayed = ingest_ceiling.created_batches(target.sqlite_path, before)
+                ceiling = ingest_ceiling.replay(before, replayed, warm_up=2)
+                ingest_ceiling.check_replay(target.sqlite_path, before)
+                say(
+                    f"  {ceiling.events:,} events in {ceiling.seconds:.2f} s: "
+                    f"{ceiling.rate:,.0f} events/s; CPU "
+                    f"{ceiling.cpu_seconds / ceiling.events * 1e6:.0f} us/event"
+                )
         finally:
             await db.dispose()
 
@@ -755,6 +780,18 @@ async def run(args: argparse.Namespace) -> int:
             figures.rate >= 20_000,
         ),
     ]
+    if ceiling is not None:
+        verdicts.append(
+            Verdict(
+                "batch ingest vs the storage ceiling (sqlite3 writing the same rows)",
+                f"{figures.rate:,.0f} events/s",
+                f"{ceiling.rate:,.0f} events/s",
+                f"{figures.rate / ceiling.rate:.2f}x ceiling; the ceiling is "
+                f"{ceiling.rate / 20_000:.2f}x the 20,000/s target",
+                True,
+                judged=False,
+            )
+        )
     say(f"targets ({load()})")
     for verdict in verdicts:
         say(verdict.line())
