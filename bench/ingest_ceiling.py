@@ -76,7 +76,7 @@ async def snapshot(db: Database, sqlite_path: Path, copy: Path) -> Snapshot:
         }
     async with db.read() as conn:
         await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    await db.engine.dispose()
+    await db.dispose()
     shutil.copyfile(sqlite_path, copy)
     return Snapshot(copy, table_ends(copy), pragmas)
 

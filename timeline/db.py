@@ -51,8 +51,13 @@ _LOG_LIMIT_BYTES = 128 * 1024 * 1024
 #: 32 MB and the pool's most recently used connection taken first (``pool_use_lifo``,
 #: so back-to-back writers keep one warm cache) the ingest wrote 21% and read 52% fewer
 #: pages (syscalls counted, docs/performance.md, timeline, fourth pass). Memory: up to
-#: this much per connection, only as pages are read.
+#: this much per connection that has run a write transaction (set at its first
+#: ``write()``), only as pages are read; readers keep SQLite's default. On every
+#: connection, the email bench's 20,000-message sync grew the process by 115 MB instead
+#: of 53 (its limit: 100 MB), readers and the checkpointer each filling a cache of their own.
 _CACHE_KIB = 32 * 1024
+#: In a pooled connection's ``info`` once it has ``_CACHE_KIB``.
+_WRITE_CACHE = "commhub_write_cache"
 #: How many driver connections ``Database.fetch_each`` keeps out of the pool between calls.
 _KEEP_IDLE = 2
 #: In ``Connection.info`` while a deferred BEGIN waits for the first statement (SQLite).
@@ -107,7 +112,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # transaction); SQLite's own, inside a commit, only if the log grows past this.
         cursor.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
         cursor.execute(f"PRAGMA journal_size_limit={_LOG_LIMIT_BYTES}")
-        cursor.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         cursor.close()
         # SQLite's lower() folds ASCII only; names like "Émile" must match too.
         dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
@@ -122,7 +126,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             return
         # Straight to aiosqlite: one trip to its thread (exec_driver_sql takes three:
         # cursor, execute, close). The statement has no result to close.
-        driver: Any = conn.connection.driver_connection
+        pooled = conn.connection
+        driver: Any = pooled.driver_connection
+        if not pooled.info.get(_WRITE_CACHE):
+            await_only(driver.execute(f"PRAGMA cache_size=-{_CACHE_KIB}"))
+            pooled.info[_WRITE_CACHE] = True
         await_only(driver.execute("BEGIN IMMEDIATE"))
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
@@ -398,7 +406,7 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection (after a running checkpoint)."""
         if self._checkpoints is not None:
-            await self._checkpoints.wait()
+            await self._checkpoints.close()
         while self._idle:
             self._idle.pop().close()
         await self.engine.dispose()

@@ -10,12 +10,20 @@ runs a PASSIVE checkpoint in a task on a pooled connection of its own, one at a 
 and the next writer starts it over; no commit reaches the limit. A PASSIVE checkpoint
 waits for no reader or writer, and SQLite's own automatic checkpoint stays as the
 fallback. PostgreSQL needs none of this.
+
+The checkpoints keep one pooled connection checked out for themselves: taken from the
+pool for each run, it went back on top of it (the pool hands out the connection returned
+last), and the next writer took it instead of the one whose page cache the previous
+batches warmed, so two connections came to hold a writer's cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
+
+from sqlalchemy.pool import PoolProxiedConnection
 
 from timeline.db import Database
 
@@ -29,6 +37,7 @@ class Checkpointer:
         self.db = db
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._conn: PoolProxiedConnection | None = None
         self.runs = 0
 
     def request(self) -> None:
@@ -45,14 +54,26 @@ class Checkpointer:
         while self._task is not None and not self._task.done():
             await asyncio.wait([self._task])
 
+    async def close(self) -> None:
+        """After the running checkpoint, give the connection back to the pool."""
+        await self.wait()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     async def _run(self) -> None:
         while True:
             self._again = False
             try:
-                async with self.db.engine.connect() as conn:
-                    await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                if self._conn is None:
+                    self._conn = await self.db.engine.raw_connection()
+                driver: Any = self._conn.driver_connection
+                await driver.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception:  # the next request tries again; SQLite's own stays meanwhile
                 log.debug("WAL checkpoint failed", exc_info=True)
+                if self._conn is not None:
+                    self._conn.invalidate()
+                    self._conn = None
                 return
             self.runs += 1
             if not self._again:

@@ -168,14 +168,21 @@ async def _driver(conn: AsyncConnection) -> Any:
 
 
 async def test_sqlite_reuses_the_warmest_connection(sqlite_db: Database) -> None:
-    """Connections have the larger page cache, and the pool hands out the one returned
-    last, so back-to-back writers (batch ingest) keep the pages they read cached."""
+    """The pool hands out the connection returned last, so back-to-back writers (batch
+    ingest) keep the pages they read cached; a connection gets the larger page cache at
+    its first write, and one that only reads keeps SQLite's default (memory)."""
     async with sqlite_db.read() as first:
         async with sqlite_db.read() as second:
             warm, cold = await _driver(first), await _driver(second)
             assert warm is not cold
+            default = (await second.exec_driver_sql("PRAGMA cache_size")).scalar_one()
         # ``second`` went back first, ``first`` last: ``first`` is the warm one.
     async with sqlite_db.write() as conn:
         assert await _driver(conn) is warm
         size = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
     assert size == -db_module._CACHE_KIB
+    assert default == -2000  # https://www.sqlite.org/pragma.html#pragma_cache_size
+    async with sqlite_db.read() as first:
+        async with sqlite_db.read() as second:
+            assert await _driver(second) is cold
+            assert (await second.exec_driver_sql("PRAGMA cache_size")).scalar_one() == default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -58,5 +59,30 @@ async def test_requests_while_one_runs_make_one_more(db: Database) -> None:
     await asyncio.sleep(0)
     for _ in range(3):  # while it runs: one more after it
         checkpoints.request()
-    await checkpoints.wait()
+    await checkpoints.close()
     assert checkpoints.runs == (2 if db.is_sqlite else 0)  # PostgreSQL needs none
+
+
+async def test_checkpoints_leave_the_writer_its_connection(tmp_path: Path) -> None:
+    """Checkpoints run on a connection of their own: a checkpoint that ends after the
+    next writer's commit does not put its connection where the pool hands out the next
+    one (the one returned last), so writers keep the connection whose cache they warmed."""
+    db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+
+    async def write(rows: int) -> object:
+        async with db.write() as conn:
+            await conn.execute(sa.insert(ROWS), [{"body": secrets.token_bytes(4000)}] * rows)
+            return (await conn.get_raw_connection()).driver_connection
+
+    try:
+        async with db.write() as conn:
+            await conn.exec_driver_sql("CREATE TABLE wal_rows (body BLOB)")
+        await db.checkpoints.wait()
+        first = await write(8000)  # ~32 MB of log: its checkpoint outlasts the next write
+        second = await write(1)
+        assert not db.checkpoints._task.done()  # type: ignore[union-attr]
+        await db.checkpoints.wait()
+        third = await write(1)
+        assert first is second is third
+    finally:
+        await db.dispose()
