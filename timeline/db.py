@@ -52,9 +52,9 @@ _LOG_LIMIT_BYTES = 128 * 1024 * 1024
 #: so back-to-back writers keep one warm cache) the ingest wrote 21% and read 52% fewer
 #: pages (syscalls counted, docs/performance.md, timeline, fourth pass). Memory: up to
 #: this much per connection that has run a write transaction (set at its first
-#: ``write()``), only as pages are read; readers keep SQLite's default. On every
-#: connection, the email bench's 20,000-message sync grew the process by 115 MB instead
-#: of 53 (its limit: 100 MB), readers and the checkpointer each filling a cache of their own.
+#: ``write()``), only as pages are read; readers keep SQLite's default. With it on every
+#: connection the email bench's 20,000-message sync grew the process by 115 MB (its
+#: limit: 100 MB; 53 MB with the default cache, 88 MB now).
 _CACHE_KIB = 32 * 1024
 #: In a pooled connection's ``info`` once it has ``_CACHE_KIB``.
 _WRITE_CACHE = "commhub_write_cache"
