@@ -52,17 +52,21 @@ class Batch:
 
     @property
     def events(self) -> int:
+        """How many events the batch created."""
         return len(self.rows["events"])
 
 
 @dataclasses.dataclass(frozen=True)
 class CeilingFigures:
+    """The timed part of a replay: events written, wall seconds, this process's CPU seconds."""
+
     events: int
     seconds: float
     cpu_seconds: float
 
     @property
     def rate(self) -> float:
+        """Events per second."""
         return self.events / self.seconds
 
 
