@@ -114,10 +114,10 @@ def created_batches(sqlite_path: Path, before: Snapshot) -> list[Batch]:
             ).fetchall()
             for t in TABLES
         }
-        names = [d[1] for d in raw.execute("PRAGMA table_info(events)")]
-        id_names = [d[1] for d in raw.execute("PRAGMA table_info(identities)")]
+        columns = {t: [d[1] for d in raw.execute(f"PRAGMA table_info({t})")] for t in TABLES}
     finally:
         raw.close()
+    names = columns["events"]
     created_at, customer_id = names.index("created_at"), names.index("customer_id")
     by_stamp: dict[Any, int] = {}
     first_batch: dict[str, int] = {}
@@ -128,9 +128,10 @@ def created_batches(sqlite_path: Path, before: Snapshot) -> list[Batch]:
             batches.append(Batch({t: [] for t in TABLES}, names.index("id")))
         batches[k].rows["events"].append(row)
         first_batch.setdefault(row[customer_id], k)
+    own_id = columns["customers"].index("id")
     for row in rows["customers"]:
-        batches[first_batch[row[0]]].rows["customers"].append(row)
-    owner = id_names.index("customer_id")
+        batches[first_batch[row[own_id]]].rows["customers"].append(row)
+    owner = columns["identities"].index("customer_id")
     for row in rows["identities"]:
         batches[first_batch.get(row[owner], 0)].rows["identities"].append(row)
     return batches

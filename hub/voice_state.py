@@ -159,6 +159,7 @@ async def _pop_reads(
     """
     wanted = list(dict.fromkeys(customer_ids))
     statements = calls.customers_statements(wanted)
+    first_page = len(statements)
     statements += calls.first_page_statements(wanted, limit=POP_PAGE)
     if audience:
         statements.append(audiences_statement(wanted))
@@ -169,10 +170,10 @@ async def _pop_reads(
             await calls.first_pages_text(conn, wanted, limit=POP_PAGE),
             await audiences(conn, wanted) if audience else {},
         )
-    people = calls.customers_of_rows(wanted, rows[:4])
+    people = calls.customers_of_rows(wanted, rows[:first_page])
     pages = {
         cid: calls.page_text(found)
-        for cid, found in zip(wanted, rows[4 : 4 + len(wanted)], strict=True)
+        for cid, found in zip(wanted, rows[first_page : first_page + len(wanted)], strict=True)
     }
     return people, pages, audiences_of(wanted, rows[-1]) if audience else {}
 

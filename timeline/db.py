@@ -52,9 +52,9 @@ _LOG_LIMIT_BYTES = 128 * 1024 * 1024
 #: so back-to-back writers keep one warm cache) the ingest wrote 21% and read 52% fewer
 #: pages (syscalls counted, docs/performance.md, timeline, fourth pass). Memory: up to
 #: this much per connection that has run a write transaction (set at its first
-#: ``write()``), only as pages are read; readers keep SQLite's default. With it on every
-#: connection the email bench's 20,000-message sync grew the process by 115 MB (its
-#: limit: 100 MB; 53 MB with the default cache, 88 MB now).
+#: ``write()``), only as pages are read; connections that have only read keep SQLite's
+#: default. With it on every connection the email bench's 20,000-message sync grew the
+#: process by 115 MB (its limit: 100 MB; 53 MB with the default cache, 88 MB now).
 _CACHE_KIB = 32 * 1024
 #: In a pooled connection's ``info`` once it has ``_CACHE_KIB``.
 _WRITE_CACHE = "commhub_write_cache"
@@ -68,7 +68,8 @@ _BEGIN_PENDING = "commhub_begin_pending"
 #: (docs/performance.md, timeline, fourth pass): server CPU -5 to -10% a page. SQLite caps
 #: it at its compile-time limit (2 GB by default); past it, pages are read as before.
 #: Mapped pages count in the process's RSS (file-backed, shared with the page cache), so
-#: only these connections map: batch writers and the other readers are unchanged.
+#: only connections that served ``fetch_each`` map (mostly the ``_KEEP_IDLE`` it keeps;
+#: one it gives back to the pool keeps its map there).
 _READ_MMAP_BYTES = 2**31
 #: In a pooled connection's ``info`` once ``_READ_MMAP_BYTES`` is set on it.
 _MMAP_SET = "commhub_mmap"

@@ -13,8 +13,9 @@ fallback. PostgreSQL needs none of this.
 
 The checkpoints keep one pooled connection checked out for themselves: taken from the
 pool for each run, it went back on top of it (the pool hands out the connection returned
-last), and the next writer took it instead of the one whose page cache the previous
-batches warmed, so two connections came to hold a writer's cache.
+last), and after a checkpoint that outlasted a write the next writer took it instead of
+the one whose page cache the previous batches warmed: two connections could come to hold
+a writer's cache (``tests/timeline/test_wal.py``).
 """
 
 from __future__ import annotations
