@@ -22,9 +22,10 @@ In one run, on a fresh database migrated with ``timeline.migrate.upgrade``:
    before, batch by batch with the same full-text statement and checkpoints; shown
    beside the ingest (information: no ingest can be faster on the same machine).
 
-Targets (printed with PASS/MISS): SQLite store page p99 <= 2 x raw aiosqlite p99 + 1 ms;
-HTTP page p99 <= 3 x empty endpoint p99; batch ingest >= 20,000 events/s. Timings never
-go into tests; docs/performance.md records runs.
+Targets, all on SQLite as the foundation issue sets them (printed with PASS/MISS; on
+PostgreSQL the same figures are printed as ``info``): store page p99 <= 2 x raw
+aiosqlite p99 + 1 ms; HTTP page p99 <= 3 x empty endpoint p99; batch ingest >= 20,000
+events/s. Timings never go into tests; docs/performance.md records runs.
 """
 
 from __future__ import annotations
@@ -755,29 +756,33 @@ async def run(args: argparse.Namespace) -> int:
     raw_p = next(v for k, v in pages.items() if k.endswith("(the limit)"))
     store_limit = 2 * raw_p.p99 + 0.001
     hub, empty = http["raw hub"], http["raw empty"]
+    # The issue sets all three targets on SQLite; on PostgreSQL they are shown, not judged.
+    judged = args.db == "sqlite"
+    shown = "" if judged else " (target set for SQLite; shown for PostgreSQL)"
     verdicts = [
         Verdict(
-            "store page p99 <= 2 x raw driver p99 + 1 ms"
-            + ("" if args.db == "sqlite" else " (target set for SQLite; shown for PostgreSQL)"),
+            "store page p99 <= 2 x raw driver p99 + 1 ms" + shown,
             ms(store_p.p99).strip(),
             ms(store_limit).strip(),
             f"{store_p.p99 / raw_p.p99:.1f}x raw p99 {ms(raw_p.p99).strip()}",
             store_p.p99 <= store_limit,
-            judged=args.db == "sqlite",
+            judged=judged,
         ),
         Verdict(
-            "HTTP page p99 <= 3 x empty endpoint p99",
+            "HTTP page p99 <= 3 x empty endpoint p99" + shown,
             ms(hub.p99).strip(),
             ms(3 * empty.p99).strip(),
             f"{hub.p99 / empty.p99:.1f}x empty p99 {ms(empty.p99).strip()}",
             hub.p99 <= 3 * empty.p99,
+            judged=judged,
         ),
         Verdict(
-            "batch ingest >= 20,000 events/s",
+            "batch ingest >= 20,000 events/s" + shown,
             f"{figures.rate:,.0f} events/s",
             "20,000 events/s",
             f"{figures.rate / 20_000:.2f}x target",
             figures.rate >= 20_000,
+            judged=judged,
         ),
     ]
     if ceiling is not None:
