@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from bench import ingest_ceiling
 from bench import timeline_bench as tb
@@ -19,7 +20,7 @@ from timeline.db import Database
 from timeline.ingest import ingest
 
 
-def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
+def _contents(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     raw = sqlite3.connect(path)
     try:
         found = {
